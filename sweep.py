@@ -6,7 +6,7 @@ what is already recorded. Execution is one config at a time: rewrite the GGUF in
 start llama-server on it (``llama_server.LlamaServer``), run the probe suite over HTTP, append one
 JSON line to the results file (flushed + fsync'd), stop the server, delete the file.
 
-Records follow docs/readme/results_schema.md (``rys.sweep/1``). The first two configs are always
+Records follow README.md, "Results JSONL schema" (``rys.sweep/1``). The first two configs are always
 the baseline (the original file, no surgery) and the identity control (path 0..N-1 through the
 surgery): their difference plus the probes' standard errors is the noise floor every other delta
 should be read against.
@@ -983,63 +983,6 @@ class Suite:
         return max(self.counts.values())
 
 
-def allocate_streams(counts: Mapping[str, int], slots: int) -> dict[str, int]:
-    """Concurrent requests per probe when the probes of a config run side by side.
-
-    One sequential stream per probe keeps that probe's few-shot prefix cached in one server slot
-    (llama-server gives a request the idle slot with the longest common prefix), so the prefix is
-    processed once, as when sending one request at a time, while the streams share the decode
-    batches. Slots left over go to the probes with the most items per stream. With more probes
-    than slots every probe gets one stream and at most ``slots`` probes run at once.
-    """
-    names = [n for n, c in counts.items() if c > 0]
-    streams = {n: 1 for n in names}
-    for _ in range(max(0, slots - len(names))):
-        if not names:
-            break
-        busiest = max(names, key=lambda k: counts[k] / streams[k])
-        if counts[busiest] <= streams[busiest]:
-            break
-        streams[busiest] += 1
-    return streams
-
-
-def run_probes(base_url: str, jobs: Mapping[str, tuple[Any, int, int]], slots: int, *,
-               split: str, mode: str, chat: bool, no_think: bool,
-               timeout: float) -> dict[str, Any]:
-    """Run several probes against one server at once: ``jobs`` maps name -> (probe, offset, n).
-
-    Requests in flight never exceed ``slots`` (nothing waits in the server's queue, so an item
-    timeout measures the item); see `allocate_streams` for why probes run side by side rather
-    than one after another with all slots each: on CPU the probes are prompt-heavy, and
-    concurrent requests of one probe would each start on a cold slot.
-    """
-    import probes as P
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not jobs:
-        return {}
-    slots = max(1, int(slots))
-    streams = allocate_streams({n: j[2] for n, j in jobs.items()}, slots)
-    out: dict[str, Any] = {}
-    with ThreadPoolExecutor(max_workers=min(slots, len(jobs)),
-                            thread_name_prefix="rys-probe") as pool:
-        futures = {
-            name: pool.submit(P.run_probe, base_url, probe, split=split, n=n, offset=offset,
-                              mode=mode, chat=chat, no_think=no_think,
-                              concurrency=streams[name], timeout=timeout)
-            for name, (probe, offset, n) in jobs.items()
-        }
-        try:
-            for name, fut in futures.items():
-                out[name] = fut.result()
-        except BaseException:
-            for fut in futures.values():
-                fut.cancel()
-            raise
-    return out
-
-
 def _item_from_dict(d: Mapping[str, Any]) -> Any:
     import probes as P
 
@@ -1344,14 +1287,17 @@ class Sweep:
                slices: Mapping[str, tuple[int, int]] | None,
                prior: Mapping[str, Any] | None) -> dict[str, Any]:
         """Run every probe (or only each probe's slice of new items, merged with ``prior``)."""
+        import probes as P
+
         jobs = {}
         for name, probe in self.suite.probes.items():
             offset, n = (0, self.suite.counts[name]) if slices is None else slices[name]
             if n > 0:
-                jobs[name] = (probe, offset, n)
-        parts = run_probes(server.url, jobs, server.total_slots, split=settings.split,
-                           mode=self.o.mode, chat=self.chat, no_think=self.o.no_think,
-                           timeout=self.o.item_timeout)
+                jobs[name] = P.ProbeJob.select(probe, split=settings.split, n=n, offset=offset,
+                                               mode=self.o.mode)
+        # Probes side by side, each server slot pinned to one worker (see probes.run_jobs).
+        parts = P.run_jobs(server.url, jobs, slots=server.total_slots, chat=self.chat,
+                           no_think=self.o.no_think, timeout=self.o.item_timeout)
         out: dict[str, Any] = {}
         for name, probe in self.suite.probes.items():
             part, before = parts.get(name), (prior or {}).get(name)
@@ -1701,7 +1647,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tmpfs, serve it with llama-server, run the probes, append one JSON line; resumable. "
         "Without MODEL, runs a small demo on the bundled demo model.",
         epilog="Everything after `--` is passed to llama-server untouched. "
-        "Docs: docs/readme/sweep.md; record format: docs/readme/results_schema.md.",
+        "Docs: README.md, sections rys-sweep and Results JSONL schema.",
     )
     ap.add_argument("model", nargs="?", metavar="MODEL", help="source GGUF (default: the demo model)")
     ap.add_argument("-o", "--output", metavar="RESULTS.jsonl",

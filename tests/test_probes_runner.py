@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from probes import ItemResult, ProbeResult, paired_delta, run_probe, run_suite
+from probes import (ItemResult, ProbeJob, ProbeResult, allocate_streams, next_probe,
+                    paired_delta, run_jobs, run_probe, run_suite)
 from probes.loader import probe_from_dict
 from probes.runner import chat_messages, completion_prompt
 
@@ -66,30 +67,31 @@ class Handler(BaseHTTPRequestHandler):
             st.max_inflight = max(st.max_inflight, st.inflight)
             delay = st.rng.random() * st.jitter
         try:
-            self._handle(body, delay)
-        finally:
+            code, obj = self._handle(body, delay)
+        finally:  # before the reply goes out: the client may send its next request at once
             with st.lock:
                 st.inflight -= 1
+        self._send(code, obj)
 
     def _handle(self, body, delay):
         st = self.state
         if self.path == "/tokenize":
             n = 1 if body["content"] in st.single_tokens else 2
-            return self._send(200, {"tokens": list(range(n))})
+            return (200, {"tokens": list(range(n))})
         if self.path == "/apply-template":
             last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
-            return self._send(200, {"prompt": f"<user>Question: {last}<model>"})
+            return (200, {"prompt": f"<user>Question: {last}<model>"})
         if self.path == "/completion":
             text = _last_question(body["prompt"])
         elif self.path == "/v1/chat/completions":
             text = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
         else:
-            return self._send(404, {"error": "nope"})
+            return (404, {"error": "nope"})
         time.sleep(delay)
         if "[SLOW]" in text:
             time.sleep(2.0)
         if "[FAIL]" in text:
-            return self._send(500, {"error": {"code": 500, "message": "boom"}})
+            return (500, {"error": {"code": 500, "message": "boom"}})
         reply = re.search(r"\[reply: (.*?)\]", text, re.DOTALL)
         reply = reply.group(1) if reply else ""
         if self.path == "/completion":
@@ -98,14 +100,14 @@ class Handler(BaseHTTPRequestHandler):
                 probs = json.loads(re.search(r"\[" + key + r": (\{.*?\})\]", text).group(1))
                 top = [{"id": i, "token": t, "logprob": __import__("math").log(p)}
                        for i, (t, p) in enumerate(probs.items())]
-                return self._send(200, {"content": "x", "tokens_predicted": 1,
+                return (200, {"content": "x", "tokens_predicted": 1,
                                         "completion_probabilities": [{"top_logprobs": top}]})
             limit = "[LIMIT]" in text
-            return self._send(200, {"content": reply, "tokens_predicted": 5,
+            return (200, {"content": reply, "tokens_predicted": 5,
                                     "stop_type": "limit" if limit else "eos"})
         reasoning = "hmm, let me think" if "[THINK]" in text else ""
         finish = "length" if "[LIMIT]" in text else "stop"
-        return self._send(200, {
+        return (200, {
             "choices": [{"message": {"content": reply, "reasoning_content": reasoning},
                          "finish_reason": finish}],
             "usage": {"completion_tokens": 7},
@@ -131,8 +133,8 @@ def fake():
         srv.server_close()
 
 
-def make_probe(items, scorer="choice", **settings):
-    header = {"name": "fake", "version": 1, "scorer": scorer,
+def make_probe(items, scorer="choice", name="fake", **settings):
+    header = {"name": name, "version": 1, "scorer": scorer,
               "settings": {"max_tokens": 16, "stop": ["\n"], **settings}}
     return probe_from_dict(header, items, source="<test>")
 
@@ -172,6 +174,85 @@ def test_request_settings_sent(fake):
     assert body["n_predict"] == 16 and "\n" in body["stop"]
     assert body["prompt"] == ("Be brief.\n\nQuestion: 2+2?\nAnswer: 4\n\n"
                               "Question: Item 1 [reply: The answer is 1]\nAnswer:")
+
+
+# --- scheduling: probes side by side, slots pinned ---------------------------------------------
+
+
+def test_allocate_streams_never_exceeds_slots():
+    assert allocate_streams({"a": 12, "b": 16, "c": 8, "d": 8}, 4) == \
+        {"a": 1, "b": 1, "c": 1, "d": 1}
+    s = allocate_streams({"a": 12, "b": 16, "c": 8, "d": 8}, 8)
+    assert sum(s.values()) == 8 and s["b"] >= s["a"] >= s["c"] and min(s.values()) >= 1
+    assert allocate_streams({"a": 30}, 4) == {"a": 4}
+    assert allocate_streams({"a": 2}, 8) == {"a": 2}  # no more streams than items
+    assert allocate_streams({"a": 5, "b": 0}, 4) == {"a": 4}
+    # more probes than slots: the first 4 start, one slot each; the rest wait for a free slot
+    assert allocate_streams({str(k): 3 for k in range(6)}, 4) == {"0": 1, "1": 1, "2": 1, "3": 1}
+
+
+def test_next_probe_joins_only_where_waiting_items_outnumber_its_slots():
+    assert next_probe({"a": 0, "b": 0}, {"a": 0, "b": 1}) is None  # all taken: stop
+    assert next_probe({"a": 1}, {"a": 1}) is None  # its own slot takes the last item next
+    assert next_probe({"a": 2}, {"a": 1}) == "a"
+    assert next_probe({"a": 6, "b": 9}, {"a": 1, "b": 2}) == "a"  # 6/2 > 9/3
+    assert next_probe({"a": 6, "b": 9}, {"a": 1, "b": 1}) == "b"
+    assert next_probe({"a": 1, "b": 5}, {"a": 0, "b": 4}) == "a"  # a waiting probe, no slot yet
+
+
+def _slots_by_probe(bodies):
+    out: dict[str, set] = {}
+    for path, body in bodies:
+        if path == "/completion":
+            name = "short" if "Short" in body["prompt"] else "long"
+            out.setdefault(name, set()).add(body.get("id_slot"))
+    return out
+
+
+def _two_probes():
+    short = make_probe([{"id": f"s{i}", "prompt": f"Short {i} [reply: {i}]",
+                         "reference": {"answer": i}} for i in range(2)], name="short")
+    long_ = make_probe([{"id": f"l{i}", "prompt": f"Long {i} [reply: {i}]",
+                         "reference": {"answer": i}} for i in range(12)], name="long")
+    return {"short": ProbeJob.select(short), "long": ProbeJob.select(long_)}
+
+
+def test_run_jobs_side_by_side_pins_slots_and_moves_to_the_longest_probe(fake):
+    url, st = fake(slots=2, jitter=0.02)
+    out = run_jobs(url, _two_probes())
+    assert {k: (r.n, r.score) for k, r in out.items()} == {"short": (2, 1.0), "long": (12, 1.0)}
+    assert [r.id for r in out["long"].items] == [f"l{i}" for i in range(12)]  # item order
+    assert st.max_inflight <= 2
+    used = _slots_by_probe(st.bodies)
+    assert used["short"] == {0} or used["short"] == {1}  # one slot keeps the short probe
+    assert used["long"] == {0, 1}  # the freed slot joined the long probe
+
+
+def test_run_jobs_without_stealing_keeps_each_slot_on_its_probe(fake):
+    url, st = fake(slots=2, jitter=0.02)
+    out = run_jobs(url, _two_probes(), steal=False)
+    assert out["long"].n == 12
+    used = _slots_by_probe(st.bodies)
+    assert len(used["long"]) == 1 and used["long"] != used["short"]
+
+
+def test_more_probes_than_slots_all_run(fake):
+    url, st = fake(slots=2)
+    jobs = {f"p{k}": ProbeJob.select(make_probe(int_items(3), name=f"p{k}")) for k in range(5)}
+    out = run_jobs(url, jobs)
+    assert {k: r.n for k, r in out.items()} == {f"p{k}": 3 for k in range(5)}
+    assert st.max_inflight <= 2
+    assert {b.get("id_slot") for _, b in st.bodies} == {0, 1}
+
+
+def test_timeout_unpins_the_slot(fake):
+    url, st = fake(slots=1)
+    items = int_items(3)
+    items[0]["prompt"] += " [SLOW]"
+    res = run_probe(url, make_probe(items), timeout=0.5)
+    assert res.n_errors == 1 and res.n == 2
+    sent = [b.get("id_slot") for path, b in st.bodies if path == "/completion"]
+    assert sent == [0, None, None]  # after the timeout the server chooses the slot
 
 
 # --- faults ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Scorers against hand-computed values (worked examples in docs/readme/probes.md)."""
+"""Scorers against hand-computed values (worked examples in README.md, "Scorers and formulas")."""
 
 from __future__ import annotations
 

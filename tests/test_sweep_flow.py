@@ -102,29 +102,32 @@ class Fakes:
             finally:
                 p.unlink()
 
-        def fake_run_probe(base_url, probe, *, split="dev", n=None, offset=0, item_ids=None,
-                           mode="auto", chat=False, no_think=False, concurrency=None,
-                           timeout=60.0, progress=False):
+        def fake_run_jobs(base_url, jobs, *, slots=None, chat=False, no_think=False,
+                          timeout=60.0, steal=True, progress=False):
             srv = fakes.servers[base_url]
             path = tuple(json.loads(srv.model.read_text()))
-            fakes.calls.append((path, probe.name, split, n, offset))
-            if fakes.interrupt_at is not None and len(fakes.calls) == fakes.interrupt_at:
-                raise KeyboardInterrupt
-            items = probe.select(split, n=n, offset=offset)
-            if path in fakes.crash_paths:
-                srv.dead = True
-                res = [P.ItemResult(id=it.id, score=None, error="connection refused")
-                       for it in items]
-            else:
-                res = [P.ItemResult(id=it.id, score=item_score(path, it.id, split))
-                       for it in items]
-            return P.aggregate(probe, split, "generate", False, res, 0.0)
+            out = {}
+            for name, job in jobs.items():
+                ids = [it.id for it in job.probe.split_items(job.split)]
+                offset = ids.index(job.items[0].id)
+                fakes.calls.append((path, job.probe.name, job.split, len(job.items), offset))
+                if fakes.interrupt_at is not None and len(fakes.calls) == fakes.interrupt_at:
+                    raise KeyboardInterrupt
+                if path in fakes.crash_paths:
+                    srv.dead = True
+                    res = [P.ItemResult(id=it.id, score=None, error="connection refused")
+                           for it in job.items]
+                else:
+                    res = [P.ItemResult(id=it.id, score=item_score(path, it.id, job.split))
+                           for it in job.items]
+                out[name] = P.aggregate(job.probe, job.split, job.mode, chat, res, 0.0)
+            return out
 
         monkeypatch.setattr(LS, "LlamaServer", FakeServer)
         monkeypatch.setattr(LS, "server_version", lambda binary: "version: fake")
         monkeypatch.setattr(gguf_surgery, "temporary_rewrite", fake_rewrite)
         monkeypatch.setattr(gguf_surgery, "check_path", lambda src, path: list(path))
-        monkeypatch.setattr(P, "run_probe", fake_run_probe)
+        monkeypatch.setattr(P, "run_jobs", fake_run_jobs)
 
     def runs(self) -> list[tuple]:
         """Distinct (path, offset, n) server runs, in order."""

@@ -418,15 +418,3 @@ def test_one_sweep_per_results_file(tmp_path):
                 pass
     with sweep.ResultsStore(tmp_path / "r.jsonl").locked():  # released
         pass
-
-
-def test_allocate_streams_never_exceeds_slots():
-    assert sweep.allocate_streams({"a": 12, "b": 16, "c": 8, "d": 8}, 4) == \
-        {"a": 1, "b": 1, "c": 1, "d": 1}
-    s = sweep.allocate_streams({"a": 12, "b": 16, "c": 8, "d": 8}, 8)
-    assert sum(s.values()) == 8 and s["b"] >= s["a"] >= s["c"] and min(s.values()) >= 1
-    assert sweep.allocate_streams({"a": 30}, 4) == {"a": 4}
-    assert sweep.allocate_streams({"a": 2}, 8) == {"a": 2}  # no more streams than items
-    assert sweep.allocate_streams({"a": 5, "b": 0}, 4) == {"a": 4}
-    many = sweep.allocate_streams({str(k): 3 for k in range(6)}, 4)
-    assert set(many.values()) == {1}  # more probes than slots: one stream each, 4 at a time

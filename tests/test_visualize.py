@@ -47,7 +47,7 @@ def make_record(kind: str, path: list[int], block: dict | None, deltas: dict[str
                 status: str = "ok", n_src: int = N_LAYERS, base: dict | None = None,
                 stage: str = "sweep", limit: int | None = None, split: str = "dev",
                 confirm: dict | None = None) -> dict:
-    """One record in the rys.sweep/1 schema (docs/readme/results_schema.md)."""
+    """One record in the rys.sweep/1 schema (README.md, "Results JSONL schema")."""
     base = base or BASE
     spec = layer_path.format(path)
     rec = {
