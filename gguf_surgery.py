@@ -1047,7 +1047,7 @@ def rewrite(source: str | os.PathLike[str] | SourceModel, target: str | os.PathL
         raise SurgeryError(f"not enough space in {tdir}: need {plan.total_size} bytes "
                            f"({plan.total_size / 2**20:.1f} MiB), {free} free "
                            f"({free / 2**20:.1f} MiB)")
-    tmp = tdir / f".{target.name}.partial-{os.getpid()}"
+    tmp = tdir / _partial_name(target.name)
     bar = _progress_bar(plan.total_size, progress, target.name)
     fds: dict[int, int] = {}
     fout = -1
@@ -1138,6 +1138,28 @@ def default_tmp_dir() -> Path:
 
 _tmp_counter = itertools.count()
 
+# The names of files this module writes and may leave behind if its process dies: rewrites in
+# progress (".<target>.partial-<pid>") and temporary_rewrite's models
+# ("<stem>.<slug>.<pid>-<n>.gguf"). Both carry the writer's pid, so a cleaner can tell a dead
+# writer's leftovers from a live sweep's files (`temp_owner_pid`).
+_PARTIAL_RE = re.compile(r"^\..+\.partial-(?P<pid>\d+)$")
+_TEMP_RE = re.compile(r"\.(?P<pid>\d+)-\d+\.gguf$")
+
+
+def _partial_name(target_name: str) -> str:
+    return f".{target_name}.partial-{os.getpid()}"
+
+
+def _temp_name(stem: str, slug: str) -> str:
+    return f"{stem}.{slug}.{os.getpid()}-{next(_tmp_counter)}.gguf"
+
+
+def temp_owner_pid(name: str) -> int | None:
+    """The pid of the process that wrote `name` if it is one of this module's temporary files
+    (a partial rewrite or a temporary_rewrite model), else None."""
+    m = _PARTIAL_RE.match(name) or _TEMP_RE.search(name)
+    return int(m.group("pid")) if m else None
+
 
 @contextlib.contextmanager
 def temporary_rewrite(source: str | os.PathLike[str] | SourceModel, layer_path_: Sequence[int],
@@ -1146,8 +1168,7 @@ def temporary_rewrite(source: str | os.PathLike[str] | SourceModel, layer_path_:
     and delete it on exit, whatever happens."""
     src = source if isinstance(source, SourceModel) else SourceModel.open(source)
     d = Path(tmp_dir) if tmp_dir is not None else default_tmp_dir()
-    name = f"{_stem(src.paths[0])}.{layer_path.slug(layer_path_, 60)}.{os.getpid()}-{next(_tmp_counter)}.gguf"
-    target = d / name
+    target = d / _temp_name(_stem(src.paths[0]), layer_path.slug(layer_path_, 60))
     try:
         yield rewrite(src, target, layer_path_)
     finally:

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -739,12 +738,6 @@ def repair_tail(path: str | os.PathLike) -> bool:
 
 # =========================================================================== temp-file hygiene
 
-# gguf_surgery.temporary_rewrite names files "<stem>.<slug>.<pid>-<n>.gguf" and writes them via
-# ".<name>.partial-<pid>"; both carry the writing process's pid.
-_TEMP_RE = re.compile(r"\.(?P<pid>\d+)-\d+\.gguf$")
-_PARTIAL_RE = re.compile(r"^\..+\.gguf\.partial-(?P<pid>\d+)$")
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -756,21 +749,23 @@ def pid_alive(pid: int) -> bool:
 
 
 def stale_temp_files(tmp_dir: str | os.PathLike) -> list[Path]:
-    """Rewritten models (or partial writes) in ``tmp_dir`` left by a sweep that died: our naming
-    pattern, owned by us, and the pid in the name is not a live process (nor us)."""
+    """Rewritten models (or partial writes) in ``tmp_dir`` left by a sweep that died: named like
+    gguf_surgery's temporary files, owned by us, and the pid in the name is not a live process
+    (nor us)."""
+    import gguf_surgery
+
     out = []
     try:
         entries = list(os.scandir(tmp_dir))
     except FileNotFoundError:
         return []
     for e in entries:
-        m = _TEMP_RE.search(e.name) or _PARTIAL_RE.match(e.name)
-        if not m or not e.is_file(follow_symlinks=False):
+        pid = gguf_surgery.temp_owner_pid(e.name)
+        if pid is None or not e.is_file(follow_symlinks=False):
             continue
         with contextlib.suppress(OSError):
             if e.stat(follow_symlinks=False).st_uid != os.getuid():
                 continue
-            pid = int(m.group("pid"))
             if pid != os.getpid() and not pid_alive(pid):
                 out.append(Path(e.path))
     return sorted(out)
@@ -1098,6 +1093,9 @@ class Sweep:
         self.t0 = time.monotonic()
         self.counts = {"planned": 0, "ran": 0, "resumed": 0, "ok": 0, "error": 0}
         self.timing_sums = {"surgery_s": 0.0, "load_s": 0.0, "probe_s": 0.0, "total_s": 0.0}
+        # Mean item latency per probe in the last config: how the next config spreads its slots
+        # over the probes (probes.allocate_streams); configs of one sweep cost about the same.
+        self.item_cost: dict[str, float] = {}
         self.full: dict[str, tuple[Config, dict]] = {}  # key -> (config, record) of full dev runs
         self.halving_stats: dict | None = None
         self.confirm_rows: list[dict] | None = None
@@ -1297,7 +1295,12 @@ class Sweep:
                                                mode=self.o.mode)
         # Probes side by side, each server slot pinned to one worker (see probes.run_jobs).
         parts = P.run_jobs(server.url, jobs, slots=server.total_slots, chat=self.chat,
-                           no_think=self.o.no_think, timeout=self.o.item_timeout)
+                           no_think=self.o.no_think, timeout=self.o.item_timeout,
+                           costs=self.item_cost)
+        for name, part in parts.items():
+            lat = [it.latency_s for it in part.items if it.error is None]
+            if lat:
+                self.item_cost[name] = sum(lat) / len(lat)
         out: dict[str, Any] = {}
         for name, probe in self.suite.probes.items():
             part, before = parts.get(name), (prior or {}).get(name)

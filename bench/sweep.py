@@ -9,14 +9,14 @@ and compared pair by pair, since the load on a shared machine drifts:
 2. a small sweep (baseline, identity, 2 duplicated blocks) through ``sweep.Sweep``: the per-config
    time split surgery / load / probes / stop+delete;
 3. probe throughput: the same generate-mode probes sent one request at a time, the way rys-sweep
-   sends them (probes.run_jobs: probes side by side, each slot pinned to a worker, a worker whose
-   probe is done joins the probe with the most work left), the same without that move, and
-   probe after probe with all slots on each; a fresh server for each run, so no run finds
-   another's prompt cache; for the default-suite mix (--probes: few-shot prompts, short
-   answers) and
+   sends them (probes.run_jobs: probes side by side, each slot pinned to a worker, slots spread
+   over the probes by work, longest first, a worker whose probe is done joins the probe with the
+   most work left; item costs learned from the previous run, as the sweep learns them from the
+   previous config), and probe after probe with all slots on each; a fresh server for each run,
+   so no run finds another's prompt cache; for the default suite (--probes) and
 4. for a generation-heavy probe (--gen-probes). The server log's token counts are printed: on CPU
-   only decoding gains from batching, and a slot that starts on a probe processes its few-shot
-   prefix again, which is why rys-sweep keeps slots on one probe as long as it has work.
+   mostly decoding gains from batching, and a slot that starts on a probe processes its few-shot
+   prefix again.
 
 Targets: non-probe time per config <= 1.5x the bare start; concurrent throughput >= 1.6x
 sequential; the reference harness needed 222 s per config.
@@ -100,20 +100,20 @@ def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: st
 
 STRATEGIES = {
     "sequential": "one request at a time",
-    "sweep": "rys-sweep: probes side by side, slots move",
-    "fixed": "probes side by side, slots never move",
+    "sweep": "rys-sweep: probes side by side",
     "per-probe": "probe after probe, all slots each",
 }
 
 
 def throughput(model: Path, binary: str, parallel: int, ctx: int, probes_spec: str,
-               strategy: str, extra: list[str]) -> tuple[float, int, tuple[int, int]]:
+               strategy: str, extra: list[str], costs: dict[str, float]
+               ) -> tuple[float, int, tuple[int, int]]:
     """(seconds, items, (prompt tokens evaluated, tokens generated)) for the probes in generate
     mode on a fresh server; the token counts come from the server log.
 
     strategy (see STRATEGIES): "sequential" (one request at a time), "sweep" (what rys-sweep
-    does: probes.run_jobs, probes side by side, a slot whose probe is done joins the one with
-    the most work left), "fixed" (the same without moving: each slot stays on its probe),
+    does: probes.run_jobs, probes side by side, slots spread by work, longest first, with
+    `costs` learned like the sweep learns them from its previous config, and updated here),
     "per-probe" (probes one after another, all slots on each).
     """
     suite = P.parse_suite(probes_spec)
@@ -128,7 +128,12 @@ def throughput(model: Path, binary: str, parallel: int, ctx: int, probes_spec: s
                                         timeout=600)[name] for name, job in jobs.items()}
             else:
                 res = P.run_jobs(srv.url, jobs, slots=1 if strategy == "sequential" else parallel,
-                                 steal=strategy != "fixed", timeout=600)
+                                 costs=costs if strategy == "sweep" else None, timeout=600)
+                if strategy == "sweep":
+                    for name, r in res.items():
+                        lat = [it.latency_s for it in r.items if it.error is None]
+                        if lat:
+                            costs[name] = sum(lat) / len(lat)
             dt = time.monotonic() - t0
         text = Path(logf.name).read_text(errors="replace")
     prompt = sum(int(x) for x in re.findall(r"prompt eval time =\s+[\d.]+ ms /\s+(\d+) tokens",
@@ -199,11 +204,12 @@ def section_throughput(label: str, spec: str, model: Path, binary: str, args, ct
     strategies = tuple(STRATEGIES)
     times: dict[str, list[float]] = {k: [] for k in strategies}
     toks: dict[str, tuple[int, int]] = {}
+    costs: dict[str, float] = {}
     n = 0
     for rep in range(args.throughput_reps):
         order = strategies if rep % 2 == 0 else strategies[::-1]
         for strat in order:
-            t, n, tk = throughput(model, binary, args.parallel, ctx, spec, strat, extra)
+            t, n, tk = throughput(model, binary, args.parallel, ctx, spec, strat, extra, costs)
             times[strat].append(t)
             toks[strat] = tk
     print(f"\n{label}. generate-mode probes {spec} ({n} items), {args.parallel} slots, fresh "

@@ -34,6 +34,7 @@ __all__ = [
     "aggregate",
     "ProbeJob",
     "allocate_streams",
+    "item_costs",
     "next_probe",
     "run_jobs",
     "run_probe",
@@ -387,41 +388,54 @@ class ProbeJob:
                    resolve_mode(p, mode))
 
 
-def allocate_streams(counts: Mapping[str, int], slots: int) -> dict[str, int]:
+def item_costs(jobs: Mapping[str, ProbeJob],
+               measured: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Relative cost of one item of each probe: `measured` (e.g. mean item latency in the
+    previous config of a sweep) where given and positive, else the probe's generation budget
+    (max_tokens), since decoding is what a batch of slots shares and what dominates on a GPU."""
+    out = {}
+    for name, job in jobs.items():
+        m = (measured or {}).get(name)
+        out[name] = float(m) if m and m > 0 else float(max(1, job.probe.settings.max_tokens))
+    return out
+
+
+def allocate_streams(counts: Mapping[str, int], slots: int,
+                     costs: Mapping[str, float] | None = None) -> dict[str, int]:
     """How many of `slots` start on each probe (name -> item count) when probes run side by side.
 
-    One stream per probe first: a slot that keeps serving one probe keeps that probe's few-shot
-    prefix in its prompt cache, so the prefix is processed once per slot, as when requests are
-    sent one at a time. Slots left over go to the probes with the most items per stream; with
-    more probes than slots the first `slots` probes get one each and the rest wait for a free
-    slot (see `next_probe`).
+    Longest work first: each slot in turn goes to the probe with the most work (items x cost
+    per item) per slot already on it, never more slots than items. A probe with many costly
+    items (long generations) is spread over several slots from the start instead of running
+    alone at the end, while a slot that stays on one probe keeps its few-shot prefix cached.
+    Probes that get no slot here start when one frees (`next_probe`).
     """
-    names = [n for n, c in counts.items() if c > 0]
-    streams = {n: 0 for n in names}
-    for n in names[:max(0, slots)]:
-        streams[n] = 1
-    for _ in range(max(0, slots - len(names))):
-        busiest = max(names, key=lambda k: counts[k] / streams[k])
-        if counts[busiest] <= streams[busiest]:
+    c = {n: (costs or {}).get(n, 1.0) for n in counts}
+    streams = {n: 0 for n, k in counts.items() if k > 0}
+    for _ in range(max(0, slots)):
+        open_ = [n for n in streams if streams[n] < counts[n]]
+        if not open_:
             break
-        streams[busiest] += 1
+        best = max(open_, key=lambda n: counts[n] * c[n] / (streams[n] + 1))
+        streams[best] += 1
     return {n: k for n, k in streams.items() if k}
 
 
-def next_probe(waiting: Mapping[str, int], streams: Mapping[str, int]) -> str | None:
+def next_probe(waiting: Mapping[str, int], streams: Mapping[str, int],
+               costs: Mapping[str, float] | None = None) -> str | None:
     """The probe a slot should move to once its own has no items left, or None to stop.
 
     Moving costs one pass over the new probe's few-shot prefix in that slot, so a slot joins
     only a probe with more waiting items than slots already on it (otherwise those slots pick
-    every waiting item up as they free); among those, the one with the most waiting items per
-    slot, so the probe that would finish last gets the help. Without this, a config's probes
-    end at different times and the slots of the short ones sit idle until the longest is done.
+    every waiting item up as they free); among those, the one with the most waiting work
+    (items x cost) per slot, so the probe that would finish last gets the help.
     """
     best: tuple[float, str] | None = None
     for name, w in waiting.items():
         s = streams.get(name, 0)
-        if w > s and (best is None or w / (s + 1) > best[0]):
-            best = (w / (s + 1), name)
+        v = w * (costs or {}).get(name, 1.0) / (s + 1)
+        if w > s and (best is None or v > best[0]):
+            best = (v, name)
     return best[1] if best else None
 
 
@@ -443,7 +457,7 @@ def run_jobs(
     chat: bool = False,
     no_think: bool = False,
     timeout: float = 60.0,
-    steal: bool = True,
+    costs: Mapping[str, float] | None = None,
     progress: bool = False,
 ) -> dict[str, ProbeResult]:
     """Run several probes side by side on one server and score each; keyed like `jobs`.
@@ -452,8 +466,8 @@ def run_jobs(
     each send one request at a time, pinned to their own server slot, so requests in flight
     never exceed the slots (an item timeout measures the item, not a queue) and each slot's
     prompt cache keeps the few-shot prefix of the probe it serves. Workers start spread over the
-    probes (`allocate_streams`); a worker whose probe runs out joins the probe with the most
-    work left (`next_probe`; `steal=False` stops it instead, for comparison in bench/). Results
+    probes by work, longest first (`allocate_streams`, per-item `costs` from `item_costs`); a
+    worker whose probe runs out joins the probe with the most work left (`next_probe`). Results
     come back in item order; with one slot, runs are deterministic.
     """
     jobs = {name: job for name, job in jobs.items() if job.items}
@@ -468,7 +482,9 @@ def run_jobs(
     span: dict[str, list[float]] = {}  # probe -> [first request sent, last reply]
     streams = dict.fromkeys(jobs, 0)  # probe -> workers serving it now
     homes: list[str | None] = []
-    for name, k in allocate_streams({n: len(j.items) for n, j in jobs.items()}, workers).items():
+    cost = item_costs(jobs, costs)
+    counts = {n: len(j.items) for n, j in jobs.items()}
+    for name, k in allocate_streams(counts, workers, cost).items():
         homes += [name] * k
         streams[name] = k
     homes += [None] * (workers - len(homes))
@@ -486,9 +502,7 @@ def run_jobs(
             if home is None or not queues[home]:
                 if home is not None:
                     streams[home] -= 1
-                    if not steal:
-                        return None
-                home = next_probe({n: len(q) for n, q in queues.items()}, streams)
+                home = next_probe({n: len(q) for n, q in queues.items()}, streams, cost)
                 if home is None:
                     return None
                 streams[home] += 1

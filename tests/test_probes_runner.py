@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from probes import (ItemResult, ProbeJob, ProbeResult, allocate_streams, next_probe,
-                    paired_delta, run_jobs, run_probe, run_suite)
+from probes import (ItemResult, ProbeJob, ProbeResult, allocate_streams, item_costs,
+                    next_probe, paired_delta, run_jobs, run_probe, run_suite)
 from probes.loader import probe_from_dict
 from probes.runner import chat_messages, completion_prompt
 
@@ -179,16 +179,21 @@ def test_request_settings_sent(fake):
 # --- scheduling: probes side by side, slots pinned ---------------------------------------------
 
 
-def test_allocate_streams_never_exceeds_slots():
-    assert allocate_streams({"a": 12, "b": 16, "c": 8, "d": 8}, 4) == \
-        {"a": 1, "b": 1, "c": 1, "d": 1}
+def test_allocate_streams_gives_slots_to_the_most_work_first():
+    # equal costs: work = items; each slot goes where the work per slot is largest
+    assert allocate_streams({"a": 12, "b": 16, "c": 8, "d": 8}, 4) == {"a": 1, "b": 2, "c": 1}
     s = allocate_streams({"a": 12, "b": 16, "c": 8, "d": 8}, 8)
     assert sum(s.values()) == 8 and s["b"] >= s["a"] >= s["c"] and min(s.values()) >= 1
     assert allocate_streams({"a": 30}, 4) == {"a": 4}
-    assert allocate_streams({"a": 2}, 8) == {"a": 2}  # no more streams than items
+    assert allocate_streams({"a": 2}, 8) == {"a": 2}  # never more slots than items
     assert allocate_streams({"a": 5, "b": 0}, 4) == {"a": 4}
-    # more probes than slots: the first 4 start, one slot each; the rest wait for a free slot
-    assert allocate_streams({str(k): 3 for k in range(6)}, 4) == {"0": 1, "1": 1, "2": 1, "3": 1}
+    assert sum(allocate_streams({str(k): 3 for k in range(6)}, 4).values()) == 4
+    # a probe of long generations is spread from the start; cheap probes wait for a free slot
+    costs = {"math": 16, "reasoning": 12, "eq": 48, "instruction": 80}
+    assert allocate_streams({"math": 12, "reasoning": 16, "eq": 8, "instruction": 8}, 4,
+                            costs) == {"instruction": 3, "eq": 1}
+    assert allocate_streams({"math": 12, "instruction": 8}, 4,
+                            {"math": 0.1, "instruction": 3.0}) == {"instruction": 4}
 
 
 def test_next_probe_joins_only_where_waiting_items_outnumber_its_slots():
@@ -197,7 +202,14 @@ def test_next_probe_joins_only_where_waiting_items_outnumber_its_slots():
     assert next_probe({"a": 2}, {"a": 1}) == "a"
     assert next_probe({"a": 6, "b": 9}, {"a": 1, "b": 2}) == "a"  # 6/2 > 9/3
     assert next_probe({"a": 6, "b": 9}, {"a": 1, "b": 1}) == "b"
+    assert next_probe({"a": 6, "b": 9}, {"a": 1, "b": 1}, {"a": 2.0, "b": 1.0}) == "a"  # by work
     assert next_probe({"a": 1, "b": 5}, {"a": 0, "b": 4}) == "a"  # a waiting probe, no slot yet
+
+
+def test_item_costs_prefer_measured_latency():
+    jobs = _two_probes()
+    assert item_costs(jobs) == {"short": 16.0, "long": 16.0}  # max_tokens of make_probe
+    assert item_costs(jobs, {"short": 0.5, "long": 0.0}) == {"short": 0.5, "long": 16.0}
 
 
 def _slots_by_probe(bodies):
@@ -226,14 +238,6 @@ def test_run_jobs_side_by_side_pins_slots_and_moves_to_the_longest_probe(fake):
     used = _slots_by_probe(st.bodies)
     assert used["short"] == {0} or used["short"] == {1}  # one slot keeps the short probe
     assert used["long"] == {0, 1}  # the freed slot joined the long probe
-
-
-def test_run_jobs_without_stealing_keeps_each_slot_on_its_probe(fake):
-    url, st = fake(slots=2, jitter=0.02)
-    out = run_jobs(url, _two_probes(), steal=False)
-    assert out["long"].n == 12
-    used = _slots_by_probe(st.bodies)
-    assert len(used["long"]) == 1 and used["long"] != used["short"]
 
 
 def test_more_probes_than_slots_all_run(fake):

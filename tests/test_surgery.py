@@ -480,6 +480,24 @@ def test_temporary_rewrite_cleans_up(tiny, tmp_path):
     assert _files(tmp_path) == {"tiny.gguf"}
 
 
+def test_temporary_files_are_recognised_with_their_writer_pid(tiny, tmp_path, monkeypatch):
+    """The names this module writes are the ones sweep's stale-file cleanup can attribute."""
+    seen = []
+    real_open = os.open
+
+    def spy(path, *a, **kw):
+        seen.append(Path(path).name)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(os, "open", spy)
+    with S.temporary_rewrite(tiny, L.duplicate(1, 3, 6), tmp_dir=tmp_path) as p:
+        assert S.temp_owner_pid(p.name) == os.getpid()
+    partial = [n for n in seen if n.startswith(".") and "partial" in n]
+    assert partial and all(S.temp_owner_pid(n) == os.getpid() for n in partial)
+    assert S.temp_owner_pid("tiny.gguf") is None
+    assert S.temp_owner_pid("model.Q4_K_M.gguf") is None
+
+
 def test_default_tmp_dir_is_private():
     d = S.default_tmp_dir()
     st = os.lstat(d)

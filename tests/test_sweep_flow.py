@@ -103,7 +103,7 @@ class Fakes:
                 p.unlink()
 
         def fake_run_jobs(base_url, jobs, *, slots=None, chat=False, no_think=False,
-                          timeout=60.0, steal=True, progress=False):
+                          timeout=60.0, costs=None, progress=False):
             srv = fakes.servers[base_url]
             path = tuple(json.loads(srv.model.read_text()))
             out = {}
