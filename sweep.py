@@ -1297,10 +1297,7 @@ class Sweep:
         parts = P.run_jobs(server.url, jobs, slots=server.total_slots, chat=self.chat,
                            no_think=self.o.no_think, timeout=self.o.item_timeout,
                            costs=self.item_cost)
-        for name, part in parts.items():
-            lat = [it.latency_s for it in part.items if it.error is None]
-            if lat:
-                self.item_cost[name] = sum(lat) / len(lat)
+        self.item_cost.update(P.measured_costs(parts))
         out: dict[str, Any] = {}
         for name, probe in self.suite.probes.items():
             part, before = parts.get(name), (prior or {}).get(name)

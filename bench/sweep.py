@@ -130,10 +130,7 @@ def throughput(model: Path, binary: str, parallel: int, ctx: int, probes_spec: s
                 res = P.run_jobs(srv.url, jobs, slots=1 if strategy == "sequential" else parallel,
                                  costs=costs if strategy == "sweep" else None, timeout=600)
                 if strategy == "sweep":
-                    for name, r in res.items():
-                        lat = [it.latency_s for it in r.items if it.error is None]
-                        if lat:
-                            costs[name] = sum(lat) / len(lat)
+                    costs.update(P.measured_costs(res))
             dt = time.monotonic() - t0
         text = Path(logf.name).read_text(errors="replace")
     prompt = sum(int(x) for x in re.findall(r"prompt eval time =\s+[\d.]+ ms /\s+(\d+) tokens",

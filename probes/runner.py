@@ -35,6 +35,7 @@ __all__ = [
     "ProbeJob",
     "allocate_streams",
     "item_costs",
+    "measured_costs",
     "next_probe",
     "run_jobs",
     "run_probe",
@@ -400,6 +401,17 @@ def item_costs(jobs: Mapping[str, ProbeJob],
     return out
 
 
+def measured_costs(results: Mapping[str, ProbeResult]) -> dict[str, float]:
+    """Mean latency of the answered items of each probe: the `costs` for the next run of the
+    same probes (a sweep's next config), for probes that had any."""
+    out = {}
+    for name, res in results.items():
+        lat = [it.latency_s for it in res.items if it.error is None]
+        if lat:
+            out[name] = sum(lat) / len(lat)
+    return out
+
+
 def allocate_streams(counts: Mapping[str, int], slots: int,
                      costs: Mapping[str, float] | None = None) -> dict[str, int]:
     """How many of `slots` start on each probe (name -> item count) when probes run side by side.
@@ -460,7 +472,8 @@ def run_jobs(
     costs: Mapping[str, float] | None = None,
     progress: bool = False,
 ) -> dict[str, ProbeResult]:
-    """Run several probes side by side on one server and score each; keyed like `jobs`.
+    """Run several probes side by side on one server and score each; keyed like `jobs` (a job
+    without items gets an empty result).
 
     `slots` workers (default: the server's /props total_slots, at most the number of items)
     each send one request at a time, pinned to their own server slot, so requests in flight
@@ -470,24 +483,34 @@ def run_jobs(
     worker whose probe runs out joins the probe with the most work left (`next_probe`). Results
     come back in item order; with one slot, runs are deterministic.
     """
-    jobs = {name: job for name, job in jobs.items() if job.items}
-    if not jobs:
-        return {}
+    pending = {name: job for name, job in jobs.items() if job.items}
+    results, span = _send(base_url, pending, slots=slots, chat=chat, no_think=no_think,
+                          timeout=timeout, costs=costs, progress=progress) if pending else ({}, {})
+    out: dict[str, ProbeResult] = {}
+    for name, job in jobs.items():
+        items = [r for r in results.get(name, []) if r is not None]
+        t0, t1 = span.get(name, (0.0, 0.0))
+        out[name] = aggregate(job.probe, job.split, job.mode, chat, items, max(0.0, t1 - t0))
+        _warn(out[name], job.probe.settings.max_tokens)
+    return out
+
+
+def _send(base_url: str, jobs: Mapping[str, ProbeJob], *, slots: int | None, chat: bool,
+          no_think: bool, timeout: float, costs: Mapping[str, float] | None, progress: bool
+          ) -> tuple[dict[str, list[ItemResult | None]], dict[str, list[float]]]:
+    """The workers of `run_jobs` for jobs that all have items: (probe -> results in item order,
+    probe -> [first request sent, last reply])."""
     client = LlamaClient(base_url, timeout=timeout)
-    total = sum(len(j.items) for j in jobs.values())
+    counts = {n: len(j.items) for n, j in jobs.items()}
+    total = sum(counts.values())
     workers = max(1, min(int(slots if slots is not None else client.total_slots()), total))
     queues = {name: deque(enumerate(job.items)) for name, job in jobs.items()}
-    results: dict[str, list[ItemResult | None]] = {n: [None] * len(j.items)
-                                                    for n, j in jobs.items()}
-    span: dict[str, list[float]] = {}  # probe -> [first request sent, last reply]
-    streams = dict.fromkeys(jobs, 0)  # probe -> workers serving it now
-    homes: list[str | None] = []
+    results: dict[str, list[ItemResult | None]] = {n: [None] * k for n, k in counts.items()}
+    span: dict[str, list[float]] = {}
     cost = item_costs(jobs, costs)
-    counts = {n: len(j.items) for n, j in jobs.items()}
-    for name, k in allocate_streams(counts, workers, cost).items():
-        homes += [name] * k
-        streams[name] = k
-    homes += [None] * (workers - len(homes))
+    # allocate_streams gives out every slot (workers <= items), so each worker starts on a probe
+    streams = allocate_streams(counts, workers, cost)  # probe -> workers serving it now
+    homes = [name for name, k in streams.items() for _ in range(k)]
     lock = threading.Lock()
     stop = threading.Event()
     bar = None
@@ -496,21 +519,21 @@ def run_jobs(
 
         bar = tqdm(total=total, desc=",".join(jobs), unit="item", leave=False)
 
-    def take(home: str | None) -> tuple[str, int, Item] | None:
+    def take(home: str) -> tuple[str, int, Item] | None:
         """The next (probe, index, item) for a worker serving `home`, or None when done."""
         with lock:
-            if home is None or not queues[home]:
-                if home is not None:
-                    streams[home] -= 1
-                home = next_probe({n: len(q) for n, q in queues.items()}, streams, cost)
-                if home is None:
+            if not queues[home]:
+                streams[home] -= 1
+                moved = next_probe({n: len(q) for n, q in queues.items()}, streams, cost)
+                if moved is None:
                     return None
-                streams[home] += 1
+                home = moved
+                streams[home] = streams.get(home, 0) + 1
             idx, item = queues[home].popleft()
             span.setdefault(home, [time.perf_counter(), 0.0])
             return home, idx, item
 
-    def work(slot: int, home: str | None) -> None:
+    def work(slot: int, home: str) -> None:
         client.use_slot(slot)
         while not stop.is_set():
             got = take(home)
@@ -541,13 +564,7 @@ def run_jobs(
         if bar:
             bar.close()
     pool.shutdown(wait=True)
-    out: dict[str, ProbeResult] = {}
-    for name, job in jobs.items():
-        items = [r for r in results[name] if r is not None]
-        t0, t1 = span.get(name, (0.0, 0.0))
-        out[name] = aggregate(job.probe, job.split, job.mode, chat, items, max(0.0, t1 - t0))
-        _warn(out[name], job.probe.settings.max_tokens)
-    return out
+    return results, span
 
 
 def run_probe(
@@ -573,9 +590,8 @@ def run_probe(
     `no_think` passes chat_template_kwargs {"enable_thinking": false}.
     """
     job = ProbeJob.select(probe, split=split, n=n, offset=offset, item_ids=item_ids, mode=mode)
-    out = run_jobs(base_url, {job.probe.name: job}, slots=concurrency, chat=chat,
-                   no_think=no_think, timeout=timeout, progress=progress)
-    return out.get(job.probe.name) or aggregate(job.probe, split, job.mode, chat, [])
+    return run_jobs(base_url, {job.probe.name: job}, slots=concurrency, chat=chat,
+                    no_think=no_think, timeout=timeout, progress=progress)[job.probe.name]
 
 
 def run_suite(
@@ -598,7 +614,5 @@ def run_suite(
     dup = sorted({x for x in names if names.count(x) > 1})
     if dup:
         raise ProbeError(f"probe suite has two probes named {', '.join(dup)}")
-    out = run_jobs(base_url, {j.probe.name: j for j in jobs}, slots=concurrency, chat=chat,
-                   no_think=no_think, timeout=timeout, progress=progress)
-    return {j.probe.name: out.get(j.probe.name) or aggregate(j.probe, j.split, j.mode, chat, [])
-            for j in jobs}
+    return run_jobs(base_url, {j.probe.name: j for j in jobs}, slots=concurrency, chat=chat,
+                     no_think=no_think, timeout=timeout, progress=progress)

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from probes import (ItemResult, ProbeJob, ProbeResult, allocate_streams, item_costs,
-                    next_probe, paired_delta, run_jobs, run_probe, run_suite)
+                    measured_costs, next_probe, paired_delta, run_jobs, run_probe, run_suite)
 from probes.loader import probe_from_dict
 from probes.runner import chat_messages, completion_prompt
 
@@ -210,6 +210,21 @@ def test_item_costs_prefer_measured_latency():
     jobs = _two_probes()
     assert item_costs(jobs) == {"short": 16.0, "long": 16.0}  # max_tokens of make_probe
     assert item_costs(jobs, {"short": 0.5, "long": 0.0}) == {"short": 0.5, "long": 16.0}
+
+
+def test_measured_costs_average_answered_items_only():
+    res = ProbeResult("a", 1.0, None, 2, 1, 1, "h", "dev", "generate", False, items=[
+        ItemResult("i0", 1.0, latency_s=1.0), ItemResult("i1", 0.0, latency_s=3.0),
+        ItemResult("i2", None, error="timeout", latency_s=60.0)])
+    failed = ProbeResult("b", None, None, 0, 1, 1, "h", "dev", "generate", False,
+                         items=[ItemResult("x", None, error="boom", latency_s=5.0)])
+    assert measured_costs({"a": res, "b": failed}) == {"a": 2.0}
+
+
+def test_a_job_without_items_gets_an_empty_result_without_requests():
+    empty = ProbeJob(make_probe(int_items(2)), ())
+    out = run_jobs("http://127.0.0.1:9", {"fake": empty})  # nothing listens there
+    assert out["fake"].n == 0 and out["fake"].n_errors == 0 and out["fake"].score is None
 
 
 def _slots_by_probe(bodies):
