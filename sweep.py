@@ -1,18 +1,19 @@
-"""rys-sweep: plan layer-path configs, then rewrite / serve / probe / record each one, resumably.
+"""rys-sweep: plan layer-path configs, then serve / probe / record each one, resumably.
 
 The sweep is plan-then-execute: every config is plain data (`Config`) built by pure planner
 functions before anything runs, so ``--dry-run`` prints exactly what would run and a rerun can skip
-what is already recorded. Execution is one config at a time: rewrite the GGUF into a tmpfs dir,
-start llama-server on it (``llama_server.LlamaServer``), run the probe suite over HTTP, append one
-JSON line to the results file (flushed + fsync'd), stop the server, delete the file.
+what is already recorded. The runner (`Sweep`) is made of four parts, each with one job:
 
-Records follow README.md, "Results JSONL schema" (``rys.sweep/1``). The first two configs are always
-the baseline (the original file, no surgery) and the identity control (path 0..N-1 through the
-surgery): their difference plus the probes' standard errors is the noise floor every other delta
-should be read against.
+* the plan: configs, planners, and successive halving's pure core (`successive_halving`), which the
+  runner drives with a scoring callback;
+* the store (`ResultsStore`): the results JSONL, its items sidecar, server logs and summary; the
+  record format itself lives in ``sweep_record``;
+* the engine (``engine``): serves a path (physical: rewrite + fresh server; virtual: switch in place);
+* the probe runner (``probes.run_jobs``).
 
-Layout of this module: pure core (configs, planners, halving, keys, scores, records, JSONL
-repair), then the I/O edge (results store, temp-file hygiene, the runner), then the CLI.
+The first two configs are always the baseline (the unmodified model) and the identity control (path
+0..N-1 served like any other path): their difference plus the probes' standard errors is the noise
+floor every other delta should be read against.
 """
 
 from __future__ import annotations
@@ -22,36 +23,44 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import errno
-import hashlib
-import json
+import fcntl
 import logging
 import math
 import os
 import shlex
-import shutil
 import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from types import FrameType
+from typing import Callable, Hashable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-SCHEMA = "rys.sweep/1"
-SUMMARY_SCHEMA = "rys.sweep.summary/1"
+from tqdm import tqdm
+
+import cli
+import engine as E
+import gguf_surgery
+import layer_path
+import llama_server as LS
+import probes as P
+import sweep_record as R
+from sweep_record import Block, Delta, Kind, Settings, Stage, SweepRecord
 
 log = logging.getLogger("rys.sweep")
 
-KINDS = ("baseline", "identity", "block", "grid", "ablate", "custom", "refine", "confirm")
-BLOCK_KINDS = ("block", "grid", "refine")
+PROG = "rys-sweep"
 DEFAULT_BLOCK_SIZES = (3, 4, 5)
 DEFAULT_PARALLEL = 4
 DEFAULT_CTX_PER_SLOT = 4096
-EXIT_BAD_ARGS = 2
-EXIT_INTERRUPTED = 130
+EXIT_BAD_ARGS = cli.EXIT_USAGE
+EXIT_INTERRUPTED = cli.EXIT_INTERRUPTED
 
 
 class SweepError(RuntimeError):
-    """A problem that stops the sweep with one clear line (bad input: exit 2)."""
+    """A problem that stops the sweep with one clear line."""
 
 
 class PlanError(SweepError):
@@ -65,79 +74,60 @@ class PlanError(SweepError):
 class Config:
     """One thing to measure: a layer path plus what it means.
 
-    ``block`` is ``(i, j, times)`` for block/grid/refine configs (layers i..j-1 run times+1 times,
-    j exclusive); ``skip`` the removed layer for ablations. ``of_kind`` is set on confirm configs
-    (the kind of the dev config being rescored). The baseline (and its confirm rescore) runs the
-    original file without surgery; everything else goes through gguf_surgery.
+    ``block`` is a RYS block ``(i, j, times)`` for block/grid/refine configs (layers i..j-1 run
+    times+1 times, j exclusive) or ``skip`` for ablations. ``of_kind`` is set on confirm configs
+    (the kind of the dev config being rescored). The baseline (and its confirm rescore) serves the
+    unmodified model; everything else goes through the engine's path serving.
     """
 
     path: tuple[int, ...]
-    kind: str
-    block: tuple[int, int, int] | None = None
-    skip: int | None = None
+    kind: Kind
+    block: Block | None = None
     label: str = ""
-    of_kind: str | None = None
+    of_kind: Kind | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown config kind {self.kind!r}")
+        object.__setattr__(self, "kind", Kind(self.kind))
+        if self.of_kind is not None:
+            object.__setattr__(self, "of_kind", Kind(self.of_kind))
         object.__setattr__(self, "path", tuple(int(x) for x in self.path))
 
     @property
-    def surgery(self) -> bool:
-        """False for the original file: the baseline and the baseline's confirm rescore."""
-        return not (self.kind == "baseline" or self.of_kind == "baseline")
+    def original(self) -> bool:
+        """True for the unmodified model: the baseline and the baseline's confirm rescore."""
+        return self.kind == Kind.BASELINE or self.of_kind == Kind.BASELINE
 
     @property
     def spec(self) -> str:
-        import layer_path
-
         return layer_path.format(self.path)
 
-    def block_dict(self) -> dict | None:
-        if self.block is not None:
-            i, j, times = self.block
-            return {"i": i, "j": j, "times": times}
-        if self.skip is not None:
-            return {"skip": self.skip}
-        return None
+    @property
+    def key_path(self) -> str:
+        """What the config key hashes as the path (``original`` for the unmodified model)."""
+        return "original" if self.original else self.spec
 
-    def describe(self) -> str:
-        """Short human label: ``(4,7)x2``, ``-6``, ``baseline``, or the label/path."""
-        base = self.of_kind or self.kind
-        if base in ("baseline", "identity"):
-            text = base
-        elif self.block is not None:
-            i, j, times = self.block
-            text = f"({i},{j})" + (f"x{times + 1}" if times != 1 else "")
-        elif self.skip is not None:
-            text = f"skip {self.skip}"
-        else:
-            text = self.label or self.spec
-        return f"confirm {text}" if self.kind == "confirm" else text
+    @property
+    def config_label(self) -> str:
+        return R.config_label(self.kind, self.block, self.label, self.spec, self.of_kind)
 
 
 def baseline_config(n_layers: int) -> Config:
-    import layer_path
-
-    return Config(tuple(layer_path.identity(n_layers)), "baseline", label="baseline")
+    return Config(tuple(layer_path.identity(n_layers)), Kind.BASELINE, label="baseline")
 
 
 def identity_config(n_layers: int) -> Config:
-    import layer_path
-
-    return Config(tuple(layer_path.identity(n_layers)), "identity", label="identity")
+    return Config(tuple(layer_path.identity(n_layers)), Kind.IDENTITY, label="identity")
 
 
 def confirm_config(cfg: Config) -> Config:
     """The held-out rescore of a dev config (same path, kind "confirm")."""
-    return dataclasses.replace(cfg, kind="confirm", of_kind=cfg.kind)
+    return dataclasses.replace(cfg, kind=Kind.CONFIRM, of_kind=cfg.kind)
 
 
-def _block_config(i: int, j: int, n_layers: int, times: int, kind: str) -> Config:
-    import layer_path
-
-    return Config(tuple(layer_path.duplicate(i, j, n_layers, times)), kind, block=(i, j, times))
+def block_config(i: int, j: int, n_layers: int, times: int = 1,
+                 kind: Kind = Kind.BLOCK) -> Config:
+    return Config(tuple(layer_path.duplicate(i, j, n_layers, times)), kind,
+                  block=Block(i=i, j=j, times=times))
 
 
 def plan_blocks(n_layers: int, sizes: Sequence[int], stride: int = 1, start_min: int = 0,
@@ -165,7 +155,7 @@ def plan_blocks(n_layers: int, sizes: Sequence[int], stride: int = 1, start_min:
     out: list[Config] = []
     for size in sizes:
         for i in range(start_min, min(last, n_layers - size) + 1, stride):
-            out.append(_block_config(i, i + size, n_layers, times, "block"))
+            out.append(block_config(i, i + size, n_layers, times))
     return out
 
 
@@ -186,17 +176,16 @@ def plan_grid(n_layers: int, min_block: int = 1, skip_early: int = 0, skip_late:
     for i in range(skip_early, hi):
         for j in range(i + min_block, hi + 1):
             if max_block is None or j - i <= max_block:
-                out.append(_block_config(i, j, n_layers, times, "grid"))
+                out.append(block_config(i, j, n_layers, times, Kind.GRID))
     return out
 
 
 def plan_ablate(n_layers: int) -> list[Config]:
     """Skip one layer at a time."""
-    import layer_path
-
     if n_layers < 2:
         raise PlanError("--ablate needs a model with at least 2 layers")
-    return [Config(tuple(layer_path.ablate(k, n_layers)), "ablate", skip=k) for k in range(n_layers)]
+    return [Config(tuple(layer_path.ablate(k, n_layers)), Kind.ABLATE, block=Block(skip=k))
+            for k in range(n_layers)]
 
 
 def parse_paths_text(text: str, n_layers: int, source: str = "paths file") -> list[Config]:
@@ -205,8 +194,6 @@ def parse_paths_text(text: str, n_layers: int, source: str = "paths file") -> li
     An optional label may follow the spec after whitespace+``#`` (it is the comment). Errors name
     the line number.
     """
-    import layer_path
-
     out = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         spec, _, comment = raw.partition("#")
@@ -217,7 +204,7 @@ def parse_paths_text(text: str, n_layers: int, source: str = "paths file") -> li
             path = layer_path.parse(spec, n_layers)
         except layer_path.LayerPathError as exc:
             raise PlanError(f"{source} line {lineno}: {exc}") from None
-        out.append(Config(tuple(path), "custom", label=comment.strip()))
+        out.append(Config(tuple(path), Kind.CUSTOM, label=comment.strip()))
     if not out:
         raise PlanError(f"{source} has no layer paths")
     return out
@@ -232,20 +219,22 @@ def plan_refine(scored: Sequence[tuple[Config, float]], n_layers: int, top_k: in
     the block's ``times`` unless given. Order: by parent rank, then (i, j).
     """
     seen = {tuple(p) for p in done}
-    ranked = sorted((c for c in scored if c[0].block is not None and c[0].kind in BLOCK_KINDS),
-                    key=lambda cs: -cs[1])
+    ranked = sorted((c for c in scored if c[0].kind in R.BLOCK_KINDS and c[0].block is not None
+                     and c[0].block.is_block), key=lambda cs: -cs[1])
     out: list[Config] = []
     for cfg, _ in ranked[:top_k]:
-        i0, j0, t0 = cfg.block  # type: ignore[misc]
+        b = cfg.block
+        assert b is not None and b.i is not None and b.j is not None
+        t0 = b.times or 1
         t = t0 if times is None else times
         for di in (-1, 0, 1):
             for dj in (-1, 0, 1):
-                i, j = i0 + di, j0 + dj
+                i, j = b.i + di, b.j + dj
                 if (di, dj) == (0, 0) and t == t0:
                     continue
                 if not 0 <= i < j <= n_layers:
                     continue
-                c = _block_config(i, j, n_layers, t, "refine")
+                c = block_config(i, j, n_layers, t, Kind.REFINE)
                 if c.path in seen:
                     continue
                 seen.add(c.path)
@@ -253,22 +242,14 @@ def plan_refine(scored: Sequence[tuple[Config, float]], n_layers: int, top_k: in
     return out
 
 
-def config_from_record(rec: Mapping[str, Any], n_layers: int) -> Config | None:
-    """Rebuild the Config of a results record (None if it cannot be parsed)."""
-    import layer_path
-
+def config_from_record(rec: SweepRecord, n_layers: int) -> Config | None:
+    """Rebuild the Config of a results record (None if its path does not parse)."""
     try:
-        path = tuple(layer_path.parse(str(rec["path"]), n_layers))
-        kind = rec.get("kind", "custom")
-        block = rec.get("block") or {}
-        if "i" in block:
-            return Config(path, kind, block=(int(block["i"]), int(block["j"]),
-                                             int(block.get("times", 1))), label=rec.get("label") or "")
-        if "skip" in block:
-            return Config(path, kind, skip=int(block["skip"]), label=rec.get("label") or "")
-        return Config(path, kind, label=rec.get("label") or "")
-    except (KeyError, ValueError, TypeError):
+        path = tuple(layer_path.parse(rec.path, n_layers))
+    except layer_path.LayerPathError:
         return None
+    of_kind = rec.confirm.kind if rec.confirm else None
+    return Config(path, rec.kind, block=rec.block, label=rec.label or "", of_kind=of_kind)
 
 
 def dedupe(configs: Iterable[Config], done: Iterable[Sequence[int]] = ()) -> list[Config]:
@@ -323,8 +304,9 @@ def halving_rungs(n_configs: int, n_items: int, eta: int = 3, min_items: int = 4
     return rungs
 
 
-def select_top(scores: Mapping[T, float], keep: int) -> list[T]:
-    """The ``keep`` best by score (NaN last), ties broken by the mapping's order (plan order)."""
+def select_top(scores: Mapping[T, float | None], keep: int) -> list[T]:
+    """The ``keep`` best by score (None/NaN last), ties broken by the mapping's order (plan
+    order)."""
     order = {c: k for k, c in enumerate(scores)}
 
     def rank(c: T) -> tuple[int, float, int]:
@@ -339,84 +321,61 @@ class HalvingResult:
     ranking: list  # final-rung survivors, best first
     rungs: list[Rung]
     survivors: list[list]  # configs evaluated at each rung, in evaluation order
-    evaluations: int  # config-item evaluations spent
-    full_evaluations: int  # what a full pass costs
-    runs: int  # config runs (server starts) spent
-
-    @property
-    def saved(self) -> int:
-        return self.full_evaluations - self.evaluations
+    runs: int  # config runs (server starts / switches) spent
 
 
-def successive_halving(configs: Sequence[T], score: Callable[[T, int], float], n_items: int,
-                       eta: int = 3, min_items: int = 4, min_keep: int = 1) -> HalvingResult:
+def successive_halving(configs: Sequence[T],
+                       score_rung: Callable[[int, Rung, list[T]], Mapping[T, float | None]],
+                       rungs: Sequence[Rung]) -> HalvingResult:
     """Score all configs on a slice, keep the best 1/eta, score those on more items, ... to all.
 
-    ``score(config, n)`` returns the config's score on the first ``n`` items. Each rung only
-    *adds* items to a surviving config (the sweep re-runs it on the extra items and merges), so
-    the cost counted is the items scored, not the cumulative limit per rung.
+    ``score_rung(r, rung, alive)`` scores every alive config on the first ``rung.limit`` items and
+    returns ``{config: score}`` (the sweep measures a whole rung as one batch, so several servers
+    can share it). A surviving config is only scored on the items it lacks; see `halving_cost`.
     """
-    rungs = halving_rungs(len(configs), n_items, eta, min_items, min_keep)
     alive: list[T] = list(configs)
-    scored_items: dict[T, int] = {}
-    evaluations = runs = 0
     survivors: list[list] = []
-    for rung in rungs:
+    runs = 0
+    for r, rung in enumerate(rungs):
         alive = alive[: rung.keep]
         survivors.append(list(alive))
-        scores: dict[T, float] = {}
-        for c in alive:
-            scores[c] = score(c, rung.limit)
-            evaluations += rung.limit - scored_items.get(c, 0)
-            scored_items[c] = rung.limit
-            runs += 1
-        alive = select_top(scores, len(scores))
-    return HalvingResult(alive, rungs, survivors, evaluations, len(configs) * n_items, runs)
+        scores = score_rung(r, rung, alive)
+        runs += len(alive)
+        alive = select_top({c: scores.get(c) for c in alive}, len(alive))
+    return HalvingResult(alive, list(rungs), survivors, runs)
 
 
-# =========================================================================== keys, scores, records
+def halving_slices(counts: Mapping[str, int], limit: int,
+                   prev: int | None) -> dict[str, tuple[int, int]]:
+    """Per probe ``(offset, n)``: the items a config scored on ``prev`` items still lacks to have
+    ``limit`` (every item once, no item twice)."""
+    out = {}
+    for name, count in counts.items():
+        cur = min(limit, count)
+        start = 0 if prev is None else min(prev, count)
+        out[name] = (start, cur - start)
+    return out
+
+
+def halving_cost(n_configs: int, rungs: Sequence[Rung], counts: Mapping[str, int],
+                 eta: int) -> dict:
+    """Config-item evaluations and config runs of a halving plan against a full pass."""
+    spent, prev = 0, None
+    for rung in rungs:
+        spent += rung.keep * sum(n for _, n in halving_slices(counts, rung.limit, prev).values())
+        prev = rung.limit
+    full = n_configs * sum(counts.values())
+    return {"eta": eta, "rungs": [{"configs": r.keep, "limit": r.limit} for r in rungs],
+            "evaluations": spent, "full_evaluations": full, "saved": full - spent,
+            "saved_fraction": round(1 - spent / full, 4) if full else 0.0,
+            "runs": sum(r.keep for r in rungs), "full_runs": n_configs}
+
+
+# =========================================================================== scores and records
 
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What, besides model and path, decides a measurement; part of every record.
-
-    ``weights`` only affect the combined score, so they are not part of the key (changing them
-    re-ranks, it does not re-run). ``probes`` maps probe name -> content hash.
-    """
-
-    split: str = "dev"
-    limit: int | None = None
-    mode: str = "auto"
-    no_think: bool = False
-    weights: Mapping[str, float] = field(default_factory=dict)
-    probes: Mapping[str, str] = field(default_factory=dict)
-    suite: str = ""
-
-    def key_part(self) -> dict:
-        return {"split": self.split, "limit": self.limit, "mode": self.mode,
-                "no_think": self.no_think, "probes": dict(sorted(self.probes.items())),
-                "suite": self.suite}
-
-    def to_dict(self) -> dict:
-        return {"split": self.split, "limit": self.limit, "mode": self.mode,
-                "weights": dict(self.weights), "no_think": self.no_think,
-                "probes": dict(self.probes), "suite": self.suite}
-
-
-def config_key(fingerprint: str, cfg: Config, settings: Settings) -> str:
-    """16 hex chars of sha256 over (model fingerprint, canonical path, probe hashes, settings).
-
-    The baseline hashes the path as ``"original"`` (no surgery), so it never collides with the
-    identity control; any other two configs with the same path share a key (measured once).
-    """
-    path = "original" if not cfg.surgery else cfg.spec
-    payload = json.dumps([fingerprint, path, settings.key_part()], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def parse_weights(spec: str | None, probe_names: Sequence[str]) -> dict[str, float]:
@@ -454,226 +413,73 @@ def parse_weights(spec: str | None, probe_names: Sequence[str]) -> dict[str, flo
 _DEFAULT_WEIGHT_NAMES = ("math", "eq", "reasoning", "instruction")
 
 
-def combined_score(scores: Mapping[str, float | None], weights: Mapping[str, float]) -> float | None:
-    """Weighted mean ``sum(w_p * s_p) / sum(w_p)`` over probes with weight > 0; None if any
-    weighted probe has no score."""
-    num = den = 0.0
-    for name, w in weights.items():
-        if w <= 0:
-            continue
-        s = scores.get(name)
-        if s is None or not math.isfinite(s):
-            return None
-        num += w * s
-        den += w
-    return num / den if den > 0 else None
-
-
-def combined_delta(deltas: Mapping[str, Mapping[str, float]],
-                   weights: Mapping[str, float]) -> dict | None:
-    """The weighted mean of per-probe deltas; its stderr assumes independent probes:
-    ``sqrt(sum((w_p/W)^2 * se_p^2))``."""
-    total = sum(w for w in weights.values() if w > 0)
-    if total <= 0:
-        return None
-    d = var = 0.0
-    for name, w in weights.items():
-        if w <= 0:
-            continue
-        entry = deltas.get(name)
-        if not entry or entry.get("delta") is None:
-            return None
-        d += w / total * entry["delta"]
-        se = entry.get("stderr") or 0.0
-        var += (w / total) ** 2 * se * se
-    return {"delta": d, "stderr": math.sqrt(var)}
-
-
-def noise_floor(identity_delta: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Per probe: ``max(|identity delta|, 2 * stderr)`` (the schema's definition)."""
-    out = {}
-    for name, entry in identity_delta.items():
-        d = entry.get("delta")
-        se = entry.get("stderr") or 0.0
-        if d is not None:
-            out[name] = max(abs(d), 2 * se)
-    return out
-
-
-def strip_items(probe_dict: Mapping[str, Any]) -> dict:
-    """A ProbeResult dict without its per-item list (that goes to the sidecar)."""
-    keep = ("score", "stderr", "n", "n_errors", "version", "hash", "split", "metrics",
-            "mode", "chat", "n_truncated", "elapsed_s")
-    out = {k: probe_dict.get(k) for k in keep}
-    if out.get("metrics") is None:
-        out["metrics"] = {}
-    return out
+def probe_score(result: P.ProbeResult) -> R.ProbeScore:
+    """A probe's aggregate as the record stores it (its items go to the sidecar)."""
+    return R.ProbeScore(score=result.score, stderr=result.stderr, n=result.n,
+                        n_errors=result.n_errors, version=result.version, hash=result.hash,
+                        split=result.split, metrics=dict(result.metrics), mode=result.mode,
+                        chat=result.chat, n_truncated=result.n_truncated,
+                        elapsed_s=result.elapsed_s)
 
 
 def make_record(*, key: str, cfg: Config, status: str, error: str | None,
-                probes: Mapping[str, Mapping[str, Any]], delta: Mapping[str, Mapping[str, float]],
-                settings: Settings, timings: Mapping[str, float], server: Mapping[str, Any],
-                model: Mapping[str, Any], started_at: str, ended_at: str,
-                confirm_of: str | None = None, stage: str = "sweep") -> dict:
-    """One results line (schema rys.sweep/1). Pure: everything measured is passed in."""
-    scores = {name: p.get("score") for name, p in probes.items()}
-    combined = combined_score(scores, settings.weights) if status == "ok" else None
-    cdelta = combined_delta(delta, settings.weights) if (status == "ok" and delta) else None
-    rec = {
-        "schema": SCHEMA,
-        "key": key,
-        "path": cfg.spec,
-        "kind": cfg.kind,
-        "block": cfg.block_dict(),
-        "n_layers": len(cfg.path),
-        "status": status,
-        "error": error,
-        "probes": {name: strip_items(p) for name, p in probes.items()},
-        "delta": {name: dict(d) for name, d in delta.items()},
-        "combined": combined,
-        "combined_delta": cdelta,
-        "timings": {k: round(float(timings.get(k, 0.0)), 3)
-                    for k in ("surgery_s", "load_s", "probe_s", "total_s")},
-        "server": dict(server),
-        "model": dict(model),
-        "settings": settings.to_dict(),
-        "started_at": started_at,
-        "ended_at": ended_at,
-        "label": cfg.label or None,
-        "stage": stage,
-        "confirm": ({"of": confirm_of, "kind": cfg.of_kind} if cfg.kind == "confirm" else None),
-    }
-    return rec
+                probes: Mapping[str, R.ProbeScore], delta: Mapping[str, Delta],
+                settings: Settings, timings: R.Timings, server: R.ServerInfo,
+                model: R.ModelInfo, started_at: str, ended_at: str,
+                confirm_of: str | None = None, stage: Stage = Stage.SWEEP) -> SweepRecord:
+    """One results line. Pure: everything measured is passed in."""
+    ok = status == R.OK
+    combined = R.combined_score({n: p.score for n, p in probes.items()},
+                                settings.weights) if ok else None
+    cdelta = R.combined_delta(delta, settings.weights) if (ok and delta) else None
+    return SweepRecord(
+        key=key, path=cfg.spec, kind=cfg.kind, block=cfg.block, n_layers=len(cfg.path),
+        status=status, error=error, probes=dict(probes), delta=dict(delta), combined=combined,
+        combined_delta=cdelta, timings=timings, server=server, model=model, settings=settings,
+        started_at=started_at, ended_at=ended_at, label=cfg.label or None, stage=Stage(stage),
+        confirm=(R.ConfirmRef(confirm_of or "", cfg.of_kind or Kind.CUSTOM)
+                 if cfg.kind == Kind.CONFIRM else None))
 
 
-def fmt_delta(d: Mapping[str, float] | None, digits: int = 3) -> str:
-    if not d or d.get("delta") is None:
+def fmt_delta(d: Delta | None, digits: int = 3) -> str:
+    if d is None or d.delta is None:
         return "n/a"
-    return f"{d['delta']:+.{digits}f}±{(d.get('stderr') or 0.0):.{digits}f}"
+    return f"{d.delta:+.{digits}f}±{(d.stderr or 0.0):.{digits}f}"
 
 
-def record_line(rec: Mapping[str, Any], index: int | None = None, total: int | None = None) -> str:
+def record_line(rec: SweepRecord, index: int | None = None, total: int | None = None) -> str:
     """The one line printed per finished config."""
     head = f"[{index}/{total}] " if index is not None and total else ""
-    what = f"{rec.get('kind')} {rec.get('path')}"
-    if rec.get("block") and "i" in (rec.get("block") or {}):
-        b = rec["block"]
-        what = f"{rec.get('kind')} ({b['i']},{b['j']})" + (f"x{b['times'] + 1}" if b["times"] != 1 else "")
-    elif rec.get("block") and "skip" in (rec.get("block") or {}):
-        what = f"ablate -{rec['block']['skip']}"
-    secs = (rec.get("timings") or {}).get("total_s", 0.0)
-    if rec.get("status") != "ok":
-        err = (rec.get("error") or "").splitlines()[0][:160] if rec.get("error") else ""
+    label = rec.config_label
+    what = label if label == rec.path else f"{label} {rec.path}"
+    secs = rec.timings.total_s
+    if not rec.ok:
+        err = (rec.error or "").splitlines()[0][:160] if rec.error else ""
         return f"{head}{what}  ERROR {err}  {secs:.1f}s"
     parts = []
-    if rec.get("delta"):
-        parts += [f"{name} {fmt_delta(d)}" for name, d in rec["delta"].items()]
-        parts.append(f"combined {fmt_delta(rec.get('combined_delta'))}")
+    if rec.delta:
+        parts += [f"{name} {fmt_delta(d)}" for name, d in rec.delta.items()]
+        parts.append(f"combined {fmt_delta(rec.combined_delta)}")
     else:
-        parts += [f"{name} {p.get('score'):.3f}" for name, p in rec.get("probes", {}).items()
-                  if p.get("score") is not None]
-        if rec.get("combined") is not None:
-            parts.append(f"combined {rec['combined']:.3f}")
+        parts += [f"{name} {p.score:.3f}" for name, p in rec.probes.items() if p.score is not None]
+        if rec.combined is not None:
+            parts.append(f"combined {rec.combined:.3f}")
     return f"{head}{what}  " + "  ".join(parts) + f"  {secs:.1f}s"
 
 
-# =========================================================================== JSONL files
-
-
-def read_jsonl(path: str | os.PathLike, repair: bool = True) -> list[dict]:
-    """All complete JSON lines of a file; a truncated last line is dropped with a warning.
-
-    With ``repair``, that partial last line is cut off the file (truncate to the end of the last
-    complete line) so the next append starts on a fresh line; complete lines are never touched.
-    A last line that parses but lacks its newline (killed between the two) is kept and the newline
-    added. Unparsable lines in the middle are skipped with a warning and left in place.
-    """
-    p = Path(path)
-    if not p.exists():
-        return []
-    data = p.read_bytes()
-    out: list[dict] = []
-    end = data.rfind(b"\n") + 1  # bytes up to and including the last newline
-    for n, line in enumerate(data[:end].splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            log.warning("%s line %d is not valid JSON; skipped", p, n)
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    tail = data[end:]
-    if tail.strip():
-        try:
-            obj = json.loads(tail)
-            if not isinstance(obj, dict):
-                raise ValueError
-        except ValueError:
-            log.warning("%s: ignoring a truncated last line (%d bytes, from an interrupted "
-                        "write)%s", p, len(tail), "; removed it" if repair else "")
-            if repair:
-                with open(p, "r+b") as f:
-                    f.truncate(end)
-                    f.flush()
-                    os.fsync(f.fileno())
-        else:
-            out.append(obj)
-            if repair:
-                with open(p, "ab") as f:
-                    f.write(b"\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-    elif tail and repair:  # only whitespace after the last newline
-        with open(p, "r+b") as f:
-            f.truncate(end)
-    return out
-
-
-def append_jsonl(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
-    """Append one line, flushed and fsync'd; on failure (disk full) cut back what was written,
-    so the file never keeps half a line."""
-    line = (json.dumps(obj, separators=(", ", ": "), allow_nan=False) + "\n").encode()
-    with open(path, "ab") as f:
-        start = f.tell()
-        try:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                f.truncate(start)
-            raise
-
-
-def latest_by_key(records: Iterable[Mapping[str, Any]]) -> dict[str, dict]:
-    """The last record per key wins (a retried error is superseded by its rerun)."""
-    out: dict[str, dict] = {}
-    for r in records:
-        k = r.get("key")
-        if isinstance(k, str):
-            out.pop(k, None)
-            out[k] = dict(r)
-    return out
-
-
-def check_compatible(records: Iterable[Mapping[str, Any]], fingerprint: str,
+def check_compatible(records: Iterable[SweepRecord], fingerprint: str,
                      probes: Mapping[str, str]) -> str | None:
     """Why an existing results file belongs to another model or probe set (None if it doesn't).
 
-    Only records of this schema count; a probe set differs when any probe name present in both
-    has a different hash, or the names differ.
+    A probe set differs when any probe name present in both has a different hash, or the names
+    differ.
     """
     for r in records:
-        if r.get("schema") != SCHEMA:
-            continue
-        fp = (r.get("model") or {}).get("fingerprint")
+        fp = r.model.fingerprint
         if fp and fp != fingerprint:
-            name = (r.get("model") or {}).get("file", "?")
-            return f"it holds results for another model ({name}, fingerprint {fp[:12]})"
-        theirs = (r.get("settings") or {}).get("probes")
-        if isinstance(theirs, dict) and theirs:
+            return f"it holds results for another model ({r.model.file or '?'}, fingerprint {fp[:12]})"
+        theirs = r.settings.probes
+        if theirs:
             if set(theirs) != set(probes):
                 return (f"it was made with probes {','.join(sorted(theirs))}, not "
                         f"{','.join(sorted(probes))}")
@@ -683,111 +489,14 @@ def check_compatible(records: Iterable[Mapping[str, Any]], fingerprint: str,
     return None
 
 
-def results_paths(results: str | os.PathLike) -> dict[str, Path]:
-    """The results file and its companions: items sidecar, logs dir, summary."""
-    p = Path(results)
-    stem = p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name
-    return {
-        "results": p,
-        "items": p.with_name(stem + ".items.jsonl"),
-        "logs": p.with_name(stem + ".logs"),
-        "summary": p.with_name(stem + ".summary.json"),
-    }
-
-
-def repair_tail(path: str | os.PathLike) -> bool:
-    """Cut a partial last line off a JSONL file without reading all of it (the items sidecar can
-    be large). Returns True when something was cut."""
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-    except FileNotFoundError:
-        return False
-    if size == 0:
-        return False
-    with open(p, "r+b") as f:
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return False
-        pos, chunk = size, 1 << 16
-        while pos > 0:  # find the last newline, scanning backwards
-            start = max(0, pos - chunk)
-            f.seek(start)
-            buf = f.read(pos - start)
-            k = buf.rfind(b"\n")
-            if k >= 0:
-                cut = start + k + 1
-                break
-            pos = start
-        else:
-            cut = 0
-        f.seek(cut)
-        tail = f.read()
-        try:
-            json.loads(tail)
-        except ValueError:
-            log.warning("%s: removing a truncated last line (%d bytes)", p, len(tail))
-            f.truncate(cut)
-        else:
-            f.seek(0, os.SEEK_END)
-            f.write(b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return True
-
-
-# =========================================================================== temp-file hygiene
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stale_temp_files(tmp_dir: str | os.PathLike) -> list[Path]:
-    """Rewritten models (or partial writes) in ``tmp_dir`` left by a sweep that died: named like
-    gguf_surgery's temporary files, owned by us, and the pid in the name is not a live process
-    (nor us)."""
-    import gguf_surgery
-
-    out = []
-    try:
-        entries = list(os.scandir(tmp_dir))
-    except FileNotFoundError:
-        return []
-    for e in entries:
-        pid = gguf_surgery.temp_owner_pid(e.name)
-        if pid is None or not e.is_file(follow_symlinks=False):
-            continue
-        with contextlib.suppress(OSError):
-            if e.stat(follow_symlinks=False).st_uid != os.getuid():
-                continue
-            if pid != os.getpid() and not pid_alive(pid):
-                out.append(Path(e.path))
-    return sorted(out)
-
-
-def clean_stale_temp(tmp_dir: str | os.PathLike) -> list[Path]:
-    removed = []
-    for p in stale_temp_files(tmp_dir):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            removed.append(p)
-            log.warning("removed stale temp model %s (its sweep is gone)", p)
-    return removed
-
-
 # =========================================================================== signals
 
 
 class SignalGuard:
     """Turn SIGINT/SIGTERM/SIGHUP into one KeyboardInterrupt, so every ``with``/``finally``
     (server stop, temp model delete) runs. Later signals during cleanup are ignored; inside
-    ``deferred()`` (appending a record) the interrupt waits until the block ends."""
+    ``deferred()`` (appending a record, stopping a server) the interrupt waits until the block
+    ends."""
 
     SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -795,10 +504,10 @@ class SignalGuard:
         self.received: int | None = None
         self._raised = False
         self._defer = 0
-        self._old: dict[int, Any] = {}
-        self.on_signal: Callable[[], None] | None = None  # e.g. kill the current server
+        self._old: dict[int, object] = {}
+        self.on_signal: Callable[[], None] | None = None  # e.g. kill the current servers
 
-    def _handler(self, signum: int, frame: Any) -> None:
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signum
             if self.on_signal is not None:
@@ -811,8 +520,6 @@ class SignalGuard:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def __enter__(self) -> "SignalGuard":
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 sig = getattr(signal, name, None)
@@ -822,11 +529,14 @@ class SignalGuard:
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            signal.signal(sig, old)  # type: ignore[arg-type]
         self._old.clear()
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals are only delivered to the main thread
+            return
         self._defer += 1
         try:
             yield
@@ -837,24 +547,14 @@ class SignalGuard:
                 raise KeyboardInterrupt(signal.Signals(self.received).name)
 
 
-def _terminate_group(server: Any) -> None:
-    """SIGKILL a LlamaServer's process group now (from a signal handler; stop() reaps it later).
-
-    Not SIGTERM: llama-server shutting down gracefully leaves in-flight HTTP requests hanging
-    until their timeout (seen here), so the sweep would not exit promptly."""
-    proc = getattr(server, "proc", None)
-    if proc is not None and proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 # =========================================================================== results store
 
 
 class ResultsStore:
-    """The results JSONL plus its companions; appends are atomic per line (see append_jsonl)."""
+    """The results JSONL plus its companions; appends are atomic per line."""
 
     def __init__(self, results: str | os.PathLike):
-        paths = results_paths(results)
+        paths = R.results_paths(results)
         self.path: Path = paths["results"]
         self.items_path: Path = paths["items"]
         self.logs_dir: Path = paths["logs"]
@@ -862,35 +562,60 @@ class ResultsStore:
         self._items_cache: dict[str, dict[str, list[dict]]] = {}
 
     def check_writable(self) -> None:
-        """Fail now (SweepError) rather than after the first config if we cannot write here."""
+        """SweepError unless the results can be written here. Creates nothing: a run refused
+        for any reason must leave no empty files behind."""
+        if self.path.is_dir():
+            raise SweepError(f"results path {self.path} is a directory")
+        for p in (self.path, self.items_path, self.logs_dir):
+            if p.exists() and not os.access(p, os.W_OK | (os.X_OK if p.is_dir() else 0)):
+                raise SweepError(f"cannot write results to {p}: permission denied")
+        if all(p.exists() for p in (self.path, self.items_path, self.logs_dir)):
+            return
+        ancestor = self.path.parent
+        while not ancestor.exists():  # where the missing files and directories would be made
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise SweepError(f"cannot write results to {self.path}: {ancestor} is not a directory")
+        try:  # a real probe: access() says yes to root even where nothing can be created
+            fd, name = tempfile.mkstemp(dir=ancestor, prefix=".rys-write-check-")
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise SweepError(f"cannot write results to {self.path}: {ancestor} is not writable "
+                             f"({exc.strerror or exc})") from None
+
+    def create(self) -> None:
+        """Create the files and the logs dir (after every check passed)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.is_dir():
-                raise SweepError(f"results path {self.path} is a directory")
-            with open(self.path, "ab"):
-                pass
-            with open(self.items_path, "ab"):
-                pass
+            for p in (self.path, self.items_path):
+                with open(p, "ab"):
+                    pass
             self.logs_dir.mkdir(exist_ok=True)
         except OSError as exc:
             raise SweepError(f"cannot write results to {self.path}: {exc.strerror or exc}") from None
 
-    def load(self) -> list[dict]:
-        records = read_jsonl(self.path, repair=True)
-        repair_tail(self.items_path)
+    def read(self, repair: bool = False) -> R.RecordsFile:
+        return R.read_records(self.path, repair=repair)
+
+    def load(self) -> list[SweepRecord]:
+        """The records, the files repaired for appending (a cut-off last line removed)."""
+        records = self.read(repair=True).records
+        R.repair_tail(self.items_path)
         return records
 
-    def append(self, record: Mapping[str, Any], items: Mapping[str, list[dict]]) -> None:
+    def append(self, record: SweepRecord, items: Mapping[str, list[dict]]) -> None:
         """Sidecar line first, then the record: a record on disk always has its items."""
-        append_jsonl(self.items_path, {"key": record["key"], "path": record["path"],
-                                       "kind": record["kind"], "probes": dict(items)})
-        append_jsonl(self.path, record)
-        self._items_cache[record["key"]] = dict(items)
+        R.append_jsonl(self.items_path, R.items_line(record, items))
+        R.append_jsonl(self.path, record.to_json())
+        self._items_cache[record.key] = dict(items)
 
     def items_for(self, key: str) -> dict[str, list[dict]] | None:
         """Per-item results of a record (the last sidecar line with that key)."""
         if key in self._items_cache:
             return self._items_cache[key]
+        import json
+
         found = None
         prefix = json.dumps({"key": key})[:-1].encode()  # b'{"key": "<key>"'
         with contextlib.suppress(FileNotFoundError), open(self.items_path, "rb") as f:
@@ -905,8 +630,6 @@ class ResultsStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """One sweep per results file: an exclusive flock held while the sweep runs."""
-        import fcntl
-
         with open(self.path, "ab") as f:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -918,7 +641,9 @@ class ResultsStore:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_summary(self, summary: Mapping[str, object]) -> None:
+        import json
+
         tmp = self.summary_path.with_name(self.summary_path.name + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         os.replace(tmp, self.summary_path)
@@ -931,16 +656,14 @@ class ResultsStore:
 class Suite:
     """The probe suite resolved once per sweep: probe objects, item counts, hashes."""
 
-    entries: list  # probes.SuiteEntry
-    probes: dict  # name -> probes.Probe
+    entries: list[P.SuiteEntry]
+    probes: dict[str, P.Probe]
     counts: dict[str, int]  # name -> items per config (after --limit)
 
     @classmethod
     def resolve(cls, spec: str | None, split: str, limit: int | None) -> "Suite":
-        import probes as P
-
         entries = P.parse_suite(spec) if spec else P.default_suite()
-        objs: dict[str, Any] = {}
+        objs: dict[str, P.Probe] = {}
         counts: dict[str, int] = {}
         for e in entries:
             if e.split != "dev":
@@ -978,35 +701,30 @@ class Suite:
         return max(self.counts.values())
 
 
-def _item_from_dict(d: Mapping[str, Any]) -> Any:
-    import probes as P
-
+def _item_from_dict(d: Mapping[str, object]) -> P.ItemResult:
     names = {f.name for f in dataclasses.fields(P.ItemResult)}
-    return P.ItemResult(**{k: v for k, v in d.items() if k in names})
+    return P.ItemResult(**{k: v for k, v in d.items() if k in names})  # type: ignore[arg-type]
 
 
-def merge_probe_results(probe: Any, split: str, parts: Sequence[Any]) -> Any:
+def merge_probe_results(probe: P.Probe, split: str,
+                        parts: Sequence[P.ProbeResult]) -> P.ProbeResult:
     """One ProbeResult over the items of several runs of the same probe (halving rungs).
 
     Aggregation is the probes package's own (mean, stderr, metrics) so merged and single-run
     results are computed identically.
     """
-    import probes as P
-
     items = [it for part in parts for it in part.items]
     mode, chat = parts[-1].mode, parts[-1].chat
     elapsed = sum(p.elapsed_s for p in parts)
     return P.aggregate(probe, split, mode, chat, items, elapsed)
 
 
-def probe_result_from_dicts(probe: Any, split: str, rec_probe: Mapping[str, Any],
-                            items: Sequence[Mapping[str, Any]]) -> Any:
+def probe_result_from_dicts(probe: P.Probe, split: str, rec_probe: R.ProbeScore,
+                            items: Sequence[Mapping[str, object]]) -> P.ProbeResult:
     """Rebuild a ProbeResult from a record's probe entry and its sidecar items (for resume)."""
-    import probes as P
-
     objs = [_item_from_dict(d) for d in items]
-    return P.aggregate(probe, split, rec_probe.get("mode") or "generate",
-                       bool(rec_probe.get("chat")), objs, float(rec_probe.get("elapsed_s") or 0))
+    return P.aggregate(probe, split, rec_probe.mode or "generate", bool(rec_probe.chat), objs,
+                       float(rec_probe.elapsed_s or 0))
 
 
 # =========================================================================== the runner
@@ -1014,21 +732,6 @@ def probe_result_from_dicts(probe: Any, split: str, rec_probe: Mapping[str, Any]
 
 class AllItemsFailed(SweepError):
     """Every request of a probe failed while the server stayed up (timeouts, HTTP errors)."""
-
-
-class DiskFull(SweepError):
-    """The tmp dir cannot hold the next rewritten model: stop before writing anything."""
-
-
-@dataclass
-class ServerOptions:
-    binary: str
-    extra_args: list[str] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    parallel: int = DEFAULT_PARALLEL
-    ctx_size: int | None = None
-    load_timeout: float = 600.0
-    stop_grace: float = 10.0
 
 
 @dataclass
@@ -1045,8 +748,6 @@ class RunOptions:
     weights: str | None = None
     limit: int | None = None
     chat: bool | None = None  # None: use the model's chat template if it has one
-    server: ServerOptions | None = None
-    tmp_dir: Path | None = None
     item_timeout: float = 300.0
     top: int = 10
     quiet: bool = False
@@ -1060,35 +761,58 @@ class RunOptions:
     refine_times: int | None = None
 
 
+@dataclass(frozen=True)
+class Job:
+    """One config to have a record for, and how to measure it if it has none yet."""
+
+    cfg: Config
+    settings: Settings
+    stage: Stage = Stage.SWEEP
+    slices: Mapping[str, tuple[int, int]] | None = None  # per probe (offset, n); None: all
+    prior: Mapping[str, P.ProbeResult] | None = None  # earlier items, merged with the new ones
+    confirm_of: str | None = None
+
+
+@dataclass
+class Measurement:
+    """What serving and probing one job produced (no record yet: deltas need the baseline)."""
+
+    status: str
+    error: str | None
+    results: dict[str, P.ProbeResult]
+    timings: R.Timings
+    server: R.ServerInfo
+    started_at: str
+    ended_at: str
+
+
 @dataclass
 class Outcome:
-    record: dict
-    results: dict  # name -> ProbeResult (empty for errors / resumed records without items)
+    record: SweepRecord
+    results: dict[str, P.ProbeResult]  # empty for errors / resumed records without items
     ran: bool  # False when the record came from the results file
 
 
 class Sweep:
-    """Executes a plan. One rewritten model and one server exist at a time."""
+    """Executes a plan through an engine; one writer owns the results files."""
 
-    def __init__(self, opts: RunOptions, source: Any, suite: Suite, server_opts: ServerOptions):
-        import gguf_surgery
-
+    def __init__(self, opts: RunOptions, source: gguf_surgery.SourceModel, suite: Suite,
+                 engine: E.Engine):
         self.o = opts
         self.src = source
         self.suite = suite
-        self.srv = server_opts
+        self.engine = engine
         self.store = ResultsStore(opts.results)
-        self.tmp_dir = Path(opts.tmp_dir) if opts.tmp_dir else gguf_surgery.default_tmp_dir()
         self.weights = parse_weights(opts.weights, suite.names)
         self.chat = source.has_chat_template if opts.chat is None else opts.chat
-        self.model_info = {
-            "file": Path(source.paths[0]).name, "size": int(source.file_size),
-            "arch": source.arch, "n_layers": int(source.n_layers),
-            "fingerprint": source.fingerprint,
-        }
-        self.records: dict[str, dict] = {}
+        self.model_info = R.ModelInfo(
+            file=Path(source.paths[0]).name, size=int(source.file_size), arch=source.arch,
+            n_layers=int(source.n_layers), fingerprint=source.fingerprint,
+            path=str(Path(source.paths[0]).resolve()))
+        self.records: dict[str, SweepRecord] = {}
         self.guard = SignalGuard()
-        self.bar: Any = None
+        engine.shield = self.guard.deferred
+        self.bar: tqdm | None = None
         self.started_at = utc_now()
         self.t0 = time.monotonic()
         self.counts = {"planned": 0, "ran": 0, "resumed": 0, "ok": 0, "error": 0}
@@ -1096,24 +820,24 @@ class Sweep:
         # Mean item latency per probe in the last config: how the next config spreads its slots
         # over the probes (probes.allocate_streams); configs of one sweep cost about the same.
         self.item_cost: dict[str, float] = {}
-        self.full: dict[str, tuple[Config, dict]] = {}  # key -> (config, record) of full dev runs
+        self.full: dict[str, tuple[Config, SweepRecord]] = {}  # key -> full dev runs
         self.halving_stats: dict | None = None
         self.confirm_rows: list[dict] | None = None
         self.baseline: Outcome | None = None
         self.identity: Outcome | None = None
         self.test_baseline: Outcome | None = None
         self.interrupted = False
-        self._base_results: dict[str, dict[str, Any]] = {}
+        self._base_results: dict[str, dict[str, P.ProbeResult]] = {}
 
     # ------------------------------------------------------------------ settings / keys
     def settings(self, split: str | None = None, limit: int | None = None) -> Settings:
-        split = split or self.o.split
-        return Settings(split=split, limit=limit if limit is not None else self.o.limit,
+        return Settings(split=split or self.o.split,
+                        limit=limit if limit is not None else self.o.limit,
                         mode=self.o.mode, no_think=self.o.no_think, weights=dict(self.weights),
-                        probes=self.suite.hashes, suite=self.suite.spec())
+                        probes=self.suite.hashes, suite=self.suite.spec(), engine=self.engine.name)
 
     def key(self, cfg: Config, settings: Settings) -> str:
-        return config_key(self.src.fingerprint, cfg, settings)
+        return R.config_key(self.src.fingerprint, cfg.key_path, settings)
 
     # ------------------------------------------------------------------ output
     def say(self, text: str) -> None:
@@ -1134,133 +858,123 @@ class Sweep:
             self.bar.total = (self.bar.total or 0) + n
             self.bar.refresh()
 
-    # ------------------------------------------------------------------ one config
-    def ensure(self, cfg: Config, settings: Settings, *, stage: str = "sweep",
-               slices: Mapping[str, tuple[int, int]] | None = None,
-               prior: Mapping[str, Any] | None = None, confirm_of: str | None = None) -> Outcome:
-        """The record for (cfg, settings): from the results file if done, else measured now."""
-        key = self.key(cfg, settings)
-        old = self.records.get(key)
-        if old is not None and not (old.get("status") != "ok" and self.o.retry_errors):
-            self.counts["resumed"] += 1
-            self._progress()
-            return Outcome(old, {}, ran=False)
-        out = self.measure(cfg, settings, key, stage=stage, slices=slices, prior=prior,
-                           confirm_of=confirm_of)
-        self._progress()
-        return out
+    # ------------------------------------------------------------------ jobs
+    def ensure(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """A record for every job, in job order: from the results file where there is one (an
+        error record only counts without --retry-errors), measured now otherwise."""
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        todo: list[int] = []
+        for n, job in enumerate(jobs):
+            key = self.key(job.cfg, job.settings)
+            old = self.records.get(key)
+            if old is not None and not (not old.ok and self.o.retry_errors):
+                self.counts["resumed"] += 1
+                self._progress()
+                outcomes[n] = Outcome(old, {}, ran=False)
+            else:
+                todo.append(n)
+        for n in todo:
+            outcomes[n] = self._record(jobs[n], self._measure(jobs[n]))
+        return [o for o in outcomes if o is not None]
 
-    def _baseline_items(self, split: str) -> dict[str, Any]:
-        """The baseline's ProbeResults for a split (for paired deltas), from memory or sidecar."""
-        if split in self._base_results:
-            return self._base_results[split]
-        base = self.baseline if split == self.o.split else self.test_baseline
-        if base is None or base.record.get("status") != "ok":
-            return {}
-        res = dict(base.results)
-        if not res:
-            res = self._load_results(base.record)
-        self._base_results[split] = res
-        return res
-
-    def _load_results(self, rec: Mapping[str, Any]) -> dict[str, Any]:
-        items = self.store.items_for(rec["key"]) or {}
-        out = {}
-        split = (rec.get("settings") or {}).get("split", self.o.split)
-        for name, p in (rec.get("probes") or {}).items():
-            if name in items and name in self.suite.probes:
-                out[name] = probe_result_from_dicts(self.suite.probes[name], split, p, items[name])
-        return out
-
-    def measure(self, cfg: Config, settings: Settings, key: str, *, stage: str,
-                slices: Mapping[str, tuple[int, int]] | None, prior: Mapping[str, Any] | None,
-                confirm_of: str | None) -> Outcome:
-        import gguf_surgery
-        import llama_server as LS
-        import probes as P
-
+    def _measure(self, job: Job) -> Measurement:
+        """Serve the job's path, run its probes, and say how it went (never raises for a config
+        that failed; raises for what must stop the sweep: no space, an interrupt)."""
+        cfg = job.cfg
+        key = self.key(cfg, job.settings)
         started = utc_now()
         t0 = time.monotonic()
-        timings = {"surgery_s": 0.0, "load_s": 0.0, "probe_s": 0.0, "total_s": 0.0}
         log_path = self.store.logs_dir / f"{key}.log"
-        status, error = "ok", None
-        results: dict[str, Any] = {}
-        server_info: dict[str, Any] = {"args": [], "version": LS.server_version(self.srv.binary),
-                                       "log": os.path.relpath(log_path, self.store.path.parent)}
-        with contextlib.ExitStack() as stack:
-            try:
-                if cfg.surgery:
-                    need = self.src.estimate_size(list(cfg.path))
-                    free = shutil.disk_usage(self.tmp_dir).free
-                    if free < need + (16 << 20):
-                        raise DiskFull(
-                            f"not enough space in {self.tmp_dir} for the next model ({cfg.describe()}):"
-                            f" need {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free; free some "
-                            f"space or pass --tmp-dir on a bigger disk")
-                    ts = time.monotonic()
-                    model_file = stack.enter_context(
-                        gguf_surgery.temporary_rewrite(self.src, list(cfg.path), self.tmp_dir))
-                    timings["surgery_s"] = time.monotonic() - ts
-                else:
-                    model_file = Path(self.src.paths[0])
-                server = LS.LlamaServer(
-                    model_file, binary=self.srv.binary, extra_args=list(self.srv.extra_args),
-                    host=self.srv.host, parallel=self.srv.parallel, ctx_size=self.srv.ctx_size,
-                    log_path=log_path, ready_timeout=self.srv.load_timeout,
-                    stop_grace=self.srv.stop_grace)
-                stack.callback(self._stop, server)  # LIFO: the server stops before the file goes
-                self.guard.on_signal = lambda: _terminate_group(server)
-                stack.callback(setattr, self.guard, "on_signal", None)
-                try:
-                    server.start()
-                finally:
-                    server_info["args"] = server.command[1:] if server.port else []
-                timings["load_s"] = server.load_s
+        status, error = R.OK, None
+        results: dict[str, P.ProbeResult] = {}
+        surgery_s = load_s = probe_s = 0.0
+        serving = self.engine.serve(None if cfg.original else cfg.path, log_path)
+        try:
+            with serving as served:
+                surgery_s, load_s = served.surgery_s, served.load_s
                 tp = time.monotonic()
-                results = self._probe(server, cfg, settings, slices, prior)
-                timings["probe_s"] = time.monotonic() - tp
+                results = self._probe(served, job)
+                probe_s = time.monotonic() - tp
                 # a server that died mid-probe leaves item errors behind: say why, loudly
                 failed = any(r.n_errors for r in results.values())
-                server.check_alive(grace=3.0 if failed else 0.0)
+                served.check_alive(grace=3.0 if failed else 0.0)
                 for name, r in results.items():
                     if r.n == 0:
                         first = next((it.error for it in r.items if it.error), "no items")
                         raise AllItemsFailed(f"probe {name}: all {r.n_errors} requests failed "
                                              f"(first: {first})")
-            except (DiskFull, KeyboardInterrupt):
-                raise
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise DiskFull(f"disk full while writing the model for {cfg.describe()} "
-                                   f"into {self.tmp_dir}: {exc}") from None
-                status, error = "error", f"{type(exc).__name__}: {exc}"
-            except LS.ServerExited as exc:
-                status = "error"
-                error = (f"llama-server exited with code {exc.returncode}"
-                         f"{' during probes' if timings['load_s'] else ' while loading'}; "
-                         f"log tail: {exc.log_tail}")
-            except (LS.ServerError, P.ProbeError, gguf_surgery.SurgeryError,
-                    AllItemsFailed) as exc:
-                status, error = "error", f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # a bug or an unexpected reply: record it, keep sweeping
-                log.debug("config %s failed", cfg.describe(), exc_info=True)
-                status, error = "error", f"{type(exc).__name__}: {exc}"
-        timings["total_s"] = time.monotonic() - t0
-        if status != "ok":
-            results = {}
-        delta: dict[str, dict] = {}
-        if status == "ok" and cfg.kind != "baseline" and cfg.of_kind != "baseline":
+        except (E.NoSpace, KeyboardInterrupt):
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise E.NoSpace(f"disk full while writing the model for {cfg.config_label} "
+                                f"into the tmp dir: {exc}") from None
+            status, error = R.ERROR, f"{type(exc).__name__}: {exc}"
+        except LS.ServerExited as exc:
+            status = R.ERROR
+            error = str(exc) if exc.retried else (
+                f"llama-server exited with code {exc.returncode}"
+                f"{' during probes' if load_s else ' while loading'}; log tail: {exc.log_tail}")
+        except (LS.ServerError, P.ProbeError, gguf_surgery.SurgeryError, E.EngineError,
+                AllItemsFailed) as exc:
+            status, error = R.ERROR, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug or an unexpected reply: record it, keep sweeping
+            log.debug("config %s failed", cfg.config_label, exc_info=True)
+            status, error = R.ERROR, f"{type(exc).__name__}: {exc}"
+        total_s = time.monotonic() - t0
+        server = R.ServerInfo(args=serving.server_args,
+                              version=LS.server_version(self.engine.settings.binary),
+                              log=os.path.relpath(log_path, self.store.path.parent),
+                              engine=self.engine.name)
+        return Measurement(status, error, results if status == R.OK else {},
+                           R.Timings(surgery_s, load_s, probe_s, total_s), server, started,
+                           utc_now())
+
+    def _probe(self, served: E.Served, job: Job) -> dict[str, P.ProbeResult]:
+        """Run every probe (or only each probe's slice of new items, merged with ``prior``)."""
+        jobs = {}
+        for name, probe in self.suite.probes.items():
+            offset, n = (0, self.suite.counts[name]) if job.slices is None else job.slices[name]
+            if n > 0:
+                jobs[name] = P.ProbeJob.select(probe, split=job.settings.split, n=n,
+                                               offset=offset, mode=self.o.mode)
+        # Probes side by side, each server slot pinned to one worker (see probes.run_jobs).
+        parts = P.run_jobs(served.url, jobs, slots=served.slots, chat=self.chat,
+                           no_think=self.o.no_think, timeout=self.o.item_timeout,
+                           costs=self.item_cost)
+        self.item_cost.update(P.measured_costs(parts))
+        out: dict[str, P.ProbeResult] = {}
+        for name, probe in self.suite.probes.items():
+            part, before = parts.get(name), (job.prior or {}).get(name)
+            if before is not None and part is not None:
+                merged = merge_probe_results(probe, job.settings.split, [before, part])
+            else:
+                merged = part if part is not None else before  # type: ignore[assignment]
+            if merged is None:
+                raise SweepError(f"probe {name}: no items to run")
+            out[name] = merged
+            if part is not None and part.n == 0 and part.n_errors:
+                served.check_alive(grace=3.0)  # every request failed: a dead server explains it
+        return out
+
+    def _record(self, job: Job, m: Measurement) -> Outcome:
+        """Turn a measurement into a record (deltas against the baseline) and append it."""
+        cfg, settings = job.cfg, job.settings
+        key = self.key(cfg, settings)
+        delta: dict[str, Delta] = {}
+        if m.status == R.OK and not cfg.original:
             base = self._baseline_items(settings.split)
-            for name, res in results.items():
+            for name, res in m.results.items():
                 if name in base:
                     d, se = P.paired_delta(base[name], res)
-                    delta[name] = {"delta": d, "stderr": se}
+                    delta[name] = Delta(d, se)
         rec = make_record(
-            key=key, cfg=cfg, status=status, error=error,
-            probes={n: r.to_dict(items=False) for n, r in results.items()}, delta=delta,
-            settings=settings, timings=timings, server=server_info, model=self.model_info,
-            started_at=started, ended_at=utc_now(), confirm_of=confirm_of, stage=stage)
-        items = {n: [it.to_dict() for it in r.items] for n, r in results.items()}
+            key=key, cfg=cfg, status=m.status, error=m.error,
+            probes={n: probe_score(r) for n, r in m.results.items()}, delta=delta,
+            settings=settings, timings=m.timings, server=m.server, model=self.model_info,
+            started_at=m.started_at, ended_at=m.ended_at, confirm_of=job.confirm_of,
+            stage=job.stage)
+        items = {n: [it.to_dict() for it in r.items] for n, r in m.results.items()}
         with self.guard.deferred():
             try:
                 self.store.append(rec, items)
@@ -1269,95 +983,87 @@ class Sweep:
                                  f"(the file still ends with a complete line)") from None
             self.records[key] = rec
         self.counts["ran"] += 1
-        self.counts[status] += 1
-        for k in self.timing_sums:
-            self.timing_sums[k] += timings[k]
+        self.counts[m.status] += 1
+        t = m.timings
+        for k, v in (("surgery_s", t.surgery_s), ("load_s", t.load_s), ("probe_s", t.probe_s),
+                     ("total_s", t.total_s)):
+            self.timing_sums[k] += v
+        self._progress()
         self.say(record_line(rec, self.counts["ran"] + self.counts["resumed"],
                              self.counts["planned"]))
-        return Outcome(rec, results, ran=True)
+        return Outcome(rec, m.results, ran=True)
 
-    def _stop(self, server: Any) -> None:
-        """Stop a server without letting a signal cut the stop short (it is raised after)."""
-        with self.guard.deferred():
-            server.stop()
+    def _baseline_items(self, split: str) -> dict[str, P.ProbeResult]:
+        """The baseline's ProbeResults for a split (for paired deltas), from memory or sidecar."""
+        if split in self._base_results:
+            return self._base_results[split]
+        base = self.baseline if split == self.o.split else self.test_baseline
+        if base is None or not base.record.ok:
+            return {}
+        res = dict(base.results) or self._load_results(base.record)
+        self._base_results[split] = res
+        return res
 
-    def _probe(self, server: Any, cfg: Config, settings: Settings,
-               slices: Mapping[str, tuple[int, int]] | None,
-               prior: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Run every probe (or only each probe's slice of new items, merged with ``prior``)."""
-        import probes as P
-
-        jobs = {}
-        for name, probe in self.suite.probes.items():
-            offset, n = (0, self.suite.counts[name]) if slices is None else slices[name]
-            if n > 0:
-                jobs[name] = P.ProbeJob.select(probe, split=settings.split, n=n, offset=offset,
-                                               mode=self.o.mode)
-        # Probes side by side, each server slot pinned to one worker (see probes.run_jobs).
-        parts = P.run_jobs(server.url, jobs, slots=server.total_slots, chat=self.chat,
-                           no_think=self.o.no_think, timeout=self.o.item_timeout,
-                           costs=self.item_cost)
-        self.item_cost.update(P.measured_costs(parts))
-        out: dict[str, Any] = {}
-        for name, probe in self.suite.probes.items():
-            part, before = parts.get(name), (prior or {}).get(name)
-            if before is not None and part is not None:
-                out[name] = merge_probe_results(probe, settings.split, [before, part])
-            else:
-                out[name] = part if part is not None else before
-            if out[name] is None:
-                raise SweepError(f"probe {name}: no items to run")
-            if part is not None and part.n == 0 and part.n_errors:
-                server.check_alive(grace=3.0)  # every request failed: a dead server explains it
+    def _load_results(self, rec: SweepRecord) -> dict[str, P.ProbeResult]:
+        items = self.store.items_for(rec.key) or {}
+        out = {}
+        for name, p in rec.probes.items():
+            if name in items and name in self.suite.probes:
+                out[name] = probe_result_from_dicts(self.suite.probes[name], rec.settings.split,
+                                                    p, items[name])
         return out
 
     # ------------------------------------------------------------------ ranking
-    def rank_value(self, rec: Mapping[str, Any]) -> float | None:
+    def rank_value(self, rec: SweepRecord) -> float | None:
         """Combined delta under the current weights (records may predate a --weights change)."""
-        if rec.get("status") != "ok" or not rec.get("delta"):
-            return None
-        cd = combined_delta(rec["delta"], self.weights)
-        return None if cd is None or cd["delta"] is None else cd["delta"]
+        cd = self.combined_delta(rec)
+        return None if cd is None else cd.delta
 
-    def combined_now(self, rec: Mapping[str, Any]) -> float | None:
-        if rec.get("status") != "ok":
+    def combined_delta(self, rec: SweepRecord) -> Delta | None:
+        if not rec.ok or not rec.delta:
             return None
-        return combined_score({n: p.get("score") for n, p in (rec.get("probes") or {}).items()},
-                              self.weights)
+        cd = R.combined_delta(rec.delta, self.weights)
+        return None if cd is None or cd.delta is None else cd
 
-    def ranked(self) -> list[tuple[Config, dict]]:
+    def combined_now(self, rec: SweepRecord) -> float | None:
+        if not rec.ok:
+            return None
+        return R.combined_score(rec.scores(), self.weights)
+
+    def ranked(self) -> list[tuple[Config, SweepRecord]]:
+        """Candidates (never the baseline or the identity control), best combined delta first."""
         rows = [(c, r) for c, r in self.full.values()
-                if r.get("status") == "ok" and c.kind not in ("baseline", "identity")]
+                if r.ok and c.kind not in R.REFERENCE_KINDS]
         return sorted(rows, key=lambda cr: (self.rank_value(cr[1]) is None,
                                             -(self.rank_value(cr[1]) or 0.0)))
 
     def _note_full(self, cfg: Config, out: Outcome) -> None:
-        self.full[out.record["key"]] = (cfg, out.record)
+        self.full[out.record.key] = (cfg, out.record)
 
     # ------------------------------------------------------------------ flow
     def run(self) -> int:
-        from tqdm import tqdm
-
         self.store.check_writable()
-        existing = self.store.load()
+        existing = self.store.read().records
         if existing and not self.o.force:
             why = check_compatible(existing, self.src.fingerprint, self.suite.hashes)
             if why:
                 raise SweepError(f"{self.store.path} cannot be resumed: {why}; write to another "
                                  f"file with -o, or pass --force to append anyway")
-        self.records = latest_by_key(existing)
+        self.store.create()
+        self.records = R.latest_by_key(self.store.load())
         self._adopt_existing()
-        clean_stale_temp(self.tmp_dir)
         plan = dedupe(self.o.plan)
-        with self.store.locked(), self.guard:
+        with self.store.locked(), self.guard, self.engine:
+            self.guard.on_signal = self.engine.kill
             # no bar when stderr is not a terminal (tqdm's None), none at all with --quiet
-            self.bar = tqdm(total=0, desc="rys-sweep", unit="config", file=sys.stderr,
+            self.bar = tqdm(total=0, desc=PROG, unit="config", file=sys.stderr,
                             disable=True if self.o.quiet else None, dynamic_ncols=True)
             try:
                 self._run_all(plan)
             except KeyboardInterrupt:
                 self.interrupted = True
             finally:
+                self.guard.on_signal = None
                 self.bar.close()
                 self.bar = None
             summary = self.summary()
@@ -1371,16 +1077,14 @@ class Sweep:
         (and seed --refine), whichever plan produced them."""
         want = self.settings().key_part()
         for rec in self.records.values():
-            st = rec.get("settings") or {}
-            if (rec.get("stage", "sweep") != "sweep" or rec.get("kind") == "confirm"
-                    or (rec.get("model") or {}).get("fingerprint") != self.src.fingerprint):
+            if (rec.stage != Stage.SWEEP or rec.kind == Kind.CONFIRM
+                    or rec.model.fingerprint != self.src.fingerprint):
                 continue
-            mine = {k: st.get(k) for k in want}
-            if mine != want:
+            if rec.settings.key_part() != want:
                 continue
             cfg = config_from_record(rec, self.src.n_layers)
             if cfg is not None:
-                self.full[rec["key"]] = (cfg, rec)
+                self.full[rec.key] = (cfg, rec)
 
     def _run_all(self, plan: list[Config]) -> None:
         n = self.src.n_layers
@@ -1388,98 +1092,86 @@ class Sweep:
         rungs = self._rungs(len(plan)) if halving else []
         self._grow(2 + (sum(r.keep for r in rungs) if halving else len(plan)))
         dev = self.settings()
-        # the baseline and identity are essential: an old error record is always retried
-        self.baseline = self._essential(baseline_config(n), dev)
-        if self.baseline.record.get("status") != "ok":
+        # the baseline and identity are essential: an old error record is always retried; the
+        # baseline runs first, alone: every other record's deltas are paired against its items
+        (self.baseline,) = self.ensure([self._essential(baseline_config(n), dev)])
+        if not self.baseline.record.ok:
             raise SweepError(f"the baseline (original model) failed, so nothing can be compared: "
-                             f"{self.baseline.record.get('error')}")
+                             f"{self.baseline.record.error}")
         self._note_full(baseline_config(n), self.baseline)
-        self.identity = self._essential(identity_config(n), dev)
-        self._note_full(identity_config(n), self.identity)
-        if self.identity.record.get("status") != "ok":
-            log.warning("identity control failed (%s): no noise floor",
-                        self.identity.record.get("error"))
+        ident_job = self._essential(identity_config(n), dev)
         if halving:
+            (self.identity,) = self.ensure([ident_job])
+            self._note_identity()
             self._run_halving(plan, rungs)
         else:
-            for cfg in plan:
-                self._note_full(cfg, self.ensure(cfg, dev))
+            outs = self.ensure([ident_job] + [Job(c, dev) for c in plan])
+            self.identity = outs[0]
+            self._note_identity()
+            for cfg, out in zip(plan, outs[1:]):
+                self._note_full(cfg, out)
         if self.o.refine:
             self._run_refine(plan)
         if self.o.confirm:
             self._run_confirm()
 
-    def _essential(self, cfg: Config, settings: Settings) -> Outcome:
+    def _note_identity(self) -> None:
+        assert self.identity is not None
+        self._note_full(identity_config(self.src.n_layers), self.identity)
+        if not self.identity.record.ok:
+            log.warning("identity control failed (%s): no noise floor", self.identity.record.error)
+
+    def _essential(self, cfg: Config, settings: Settings) -> Job:
         """Baseline/identity: an old error record is retried, and so is a record whose items
         are missing from the sidecar (deltas are paired over those items)."""
         key = self.key(cfg, settings)
         old = self.records.get(key)
         if old is not None:
             items = self.store.items_for(key) or {}
-            if old.get("status") != "ok" or not set(self.suite.names) <= set(items):
+            if not old.ok or not set(self.suite.names) <= set(items):
                 self.records.pop(key)
-        return self.ensure(cfg, settings)
+        return Job(cfg, settings)
 
     # ------------------------------------------------------------------ halving
     def _rungs(self, n_configs: int) -> list[Rung]:
         return halving_rungs(n_configs, self.suite.max_items, int(self.o.halving or 3),
                              self.o.halving_min_items, min_keep=max(1, self.o.confirm))
 
-    def _slices(self, limit: int, prev: int | None) -> dict[str, tuple[int, int]]:
-        out = {}
-        for name, count in self.suite.counts.items():
-            cur = min(limit, count)
-            start = 0 if prev is None else min(prev, count)
-            out[name] = (start, cur - start)
-        return out
-
     def _run_halving(self, plan: list[Config], rungs: list[Rung]) -> None:
-        alive = list(plan)
-        prior: dict[Config, tuple[int, dict[str, Any]]] = {}
-        for r, rung in enumerate(rungs):
+        """Successive halving through its pure core; each rung is one batch of jobs."""
+        prior: dict[Config, tuple[int, dict[str, P.ProbeResult]]] = {}
+
+        def score_rung(r: int, rung: Rung, alive: list[Config]) -> dict[Config, float | None]:
             last = r == len(rungs) - 1
-            alive = alive[: rung.keep]
             settings = self.settings(limit=None if last else rung.limit)
-            scores: dict[Config, float | None] = {}
+            jobs = []
             for cfg in alive:
                 before = prior.get(cfg)
-                slices = self._slices(rung.limit, before[0] if before else None)
-                out = self.ensure(cfg, settings, stage="sweep" if last else "halving",
-                                  slices=slices, prior=before[1] if before else None)
-                if out.record.get("status") == "ok":
-                    res = out.results or self._load_results(out.record)
-                    if set(res) == set(self.suite.names):
-                        prior[cfg] = (rung.limit, res)
-                    else:
-                        prior.pop(cfg, None)
+                jobs.append(Job(cfg, settings, stage=Stage.SWEEP if last else Stage.HALVING,
+                                slices=halving_slices(self.suite.counts, rung.limit,
+                                                      before[0] if before else None),
+                                prior=before[1] if before else None))
+            scores: dict[Config, float | None] = {}
+            for cfg, out in zip(alive, self.ensure(jobs)):
+                res = (out.results or self._load_results(out.record)) if out.record.ok else {}
+                if set(res) == set(self.suite.names):
+                    prior[cfg] = (rung.limit, res)
                 else:
                     prior.pop(cfg, None)
                 scores[cfg] = self.combined_now(out.record)
                 if last:
                     self._note_full(cfg, out)
             if not last:
-                kept = rungs[r + 1].keep
                 self.say(f"halving rung {r + 1}/{len(rungs)}: {len(alive)} configs on "
-                         f"{rung.limit} items per probe; keeping the best {kept}")
-            alive = select_top(scores, len(scores))
-        self.halving_stats = self._halving_cost(len(plan), rungs)
+                         f"{rung.limit} items per probe; keeping the best {rungs[r + 1].keep}")
+            return scores
 
-    def _halving_cost(self, n_configs: int, rungs: list[Rung]) -> dict:
-        spent, prev = 0, None
-        for rung in rungs:
-            spent += rung.keep * sum(n for _, n in self._slices(rung.limit, prev).values())
-            prev = rung.limit
-        full = n_configs * sum(self.suite.counts.values())
-        return {"eta": int(self.o.halving or 3),
-                "rungs": [{"configs": r.keep, "limit": r.limit} for r in rungs],
-                "evaluations": spent, "full_evaluations": full, "saved": full - spent,
-                "saved_fraction": round(1 - spent / full, 4) if full else 0.0,
-                "runs": sum(r.keep for r in rungs), "full_runs": n_configs}
+        successive_halving(plan, score_rung, rungs)
+        self.halving_stats = halving_cost(len(plan), rungs, self.suite.counts,
+                                          int(self.o.halving or 3))
 
     # ------------------------------------------------------------------ refine
     def _run_refine(self, plan: list[Config]) -> None:
-        import gguf_surgery
-
         done = [c.path for c in plan] + [c.path for c, _ in self.full.values()]
         for rnd in range(max(1, self.o.refine_rounds)):
             scored = [(c, v) for c, r in self.ranked() if (v := self.rank_value(r)) is not None]
@@ -1487,64 +1179,64 @@ class Sweep:
             ok = []
             for c in new:
                 try:
-                    gguf_surgery.check_path(self.src, list(c.path))
+                    self.engine.check(c.path)
                     ok.append(c)
-                except Exception as exc:  # refused by the architecture's rules
-                    log.info("refine: skipping %s: %s", c.describe(), exc)
+                except (gguf_surgery.SurgeryError, layer_path.LayerPathError,
+                        E.EngineError) as exc:  # refused by the architecture's rules
+                    log.info("refine: skipping %s: %s", c.config_label, exc)
             done += [c.path for c in new]
             if not ok:
                 break
             self.say(f"refine round {rnd + 1}: {len(ok)} neighbours of the top {self.o.refine}")
             self._grow(len(ok))
-            for c in ok:
-                self._note_full(c, self.ensure(c, self.settings()))
+            for c, out in zip(ok, self.ensure([Job(c, self.settings()) for c in ok])):
+                self._note_full(c, out)
 
     # ------------------------------------------------------------------ confirm
     def _run_confirm(self) -> None:
-        top = [(c, r) for c, r in self.ranked()][: self.o.confirm]
+        top = self.ranked()[: self.o.confirm]
         test = self.settings(split="test")
         self._grow(1 + len(top))
         assert self.baseline is not None
-        self.test_baseline = self.ensure(confirm_config(baseline_config(self.src.n_layers)), test,
-                                         stage="confirm", confirm_of=self.baseline.record["key"])
+        (self.test_baseline,) = self.ensure([Job(
+            confirm_config(baseline_config(self.src.n_layers)), test, stage=Stage.CONFIRM,
+            confirm_of=self.baseline.record.key)])
+        outs = self.ensure([Job(confirm_config(cfg), test, stage=Stage.CONFIRM,
+                                confirm_of=rec.key) for cfg, rec in top])
         rows = []
-        for cfg, rec in top:
-            out = self.ensure(confirm_config(cfg), test, stage="confirm", confirm_of=rec["key"])
-            cd = (combined_delta(out.record.get("delta") or {}, self.weights)
-                  if out.record.get("status") == "ok" else None)
-            dev_cd = combined_delta(rec.get("delta") or {}, self.weights)
-            holds = bool(cd and cd["delta"] is not None and cd["delta"] > 2 * (cd["stderr"] or 0))
-            rows.append({"key": rec["key"], "confirm_key": out.record["key"], "path": rec["path"],
-                         "config": cfg.describe(), "dev": dev_cd, "test": cd,
-                         "status": out.record.get("status"), "holds": holds})
+        for (cfg, rec), out in zip(top, outs):
+            cd = R.combined_delta(out.record.delta, self.weights) if out.record.ok else None
+            dev_cd = R.combined_delta(rec.delta, self.weights)
+            holds = bool(cd and cd.delta is not None and cd.delta > 2 * (cd.stderr or 0))
+            rows.append({"key": rec.key, "confirm_key": out.record.key, "path": rec.path,
+                         "config": cfg.config_label, "dev": _delta_json(dev_cd),
+                         "test": _delta_json(cd), "status": out.record.status, "holds": holds})
         self.confirm_rows = rows
 
     # ------------------------------------------------------------------ summary and report
-    def noise(self) -> tuple[dict[str, float], float | None]:
+    def noise(self) -> dict[str, float]:
+        """The noise floor (probes and ``combined``) from the identity control, under the
+        current weights."""
         ident = self.identity.record if self.identity else None
-        if not ident or ident.get("status") != "ok":
-            return {}, None
-        nf = noise_floor(ident.get("delta") or {})
-        cd = combined_delta(ident.get("delta") or {}, self.weights)
-        comb = None
-        if cd is not None and cd["delta"] is not None:
-            comb = max(abs(cd["delta"]), 2 * (cd["stderr"] or 0.0))
-        return nf, comb
+        if ident is None or not ident.ok:
+            return {}
+        return R.noise_floor(ident.delta, R.combined_delta(ident.delta, self.weights))
 
     def summary(self) -> dict:
-        nf, nf_comb = self.noise()
+        nf = self.noise()
         board = []
         for rank, (cfg, rec) in enumerate(self.ranked()[: max(self.o.top, 1)], 1):
-            cd = combined_delta(rec.get("delta") or {}, self.weights)
+            cd = R.combined_delta(rec.delta, self.weights)
             board.append({
-                "rank": rank, "key": rec["key"], "path": rec["path"], "kind": rec["kind"],
-                "block": rec.get("block"), "label": rec.get("label"), "config": cfg.describe(),
-                "combined": self.combined_now(rec), "combined_delta": cd,
-                "delta": rec.get("delta"),
-                "beyond_noise": bool(cd and nf_comb is not None and cd["delta"] is not None
-                                     and cd["delta"] > nf_comb),
+                "rank": rank, "key": rec.key, "path": rec.path, "kind": str(rec.kind),
+                "block": rec.block.to_json() if rec.block else None, "label": rec.label,
+                "config": cfg.config_label, "combined": self.combined_now(rec),
+                "combined_delta": _delta_json(cd),
+                "delta": {n: _delta_json(d) for n, d in rec.delta.items()},
+                "beyond_noise": R.beats_noise(cd, nf.get(R.COMBINED)),
             })
         base = self.baseline.record if self.baseline else None
+        ident = self.identity.record if self.identity else None
         wall = time.monotonic() - self.t0
         sums = {k: round(v, 3) for k, v in self.timing_sums.items()}
         sums["other_s"] = round(sums["total_s"] - sums["surgery_s"] - sums["load_s"]
@@ -1552,20 +1244,18 @@ class Sweep:
         sums["wall_s"] = round(wall, 3)
         ran = max(self.counts["ran"], 1)
         return {
-            "schema": SUMMARY_SCHEMA,
+            "schema": R.SUMMARY_SCHEMA,
             "results": self.store.path.name,
-            "model": self.model_info,
-            "settings": self.settings().to_dict(),
+            "model": R.to_json(self.model_info),
+            "settings": self.settings().to_json(),
             "baseline": None if not base else {
-                "key": base["key"], "status": base.get("status"),
-                "scores": {n: p.get("score") for n, p in (base.get("probes") or {}).items()},
+                "key": base.key, "status": base.status, "scores": base.scores(),
                 "combined": self.combined_now(base)},
-            "identity": None if not self.identity else {
-                "key": self.identity.record["key"], "status": self.identity.record.get("status"),
-                "delta": self.identity.record.get("delta"),
-                "combined_delta": combined_delta(self.identity.record.get("delta") or {},
-                                                 self.weights)},
-            "noise_floor": {**nf, **({"combined": nf_comb} if nf_comb is not None else {})},
+            "identity": None if not ident else {
+                "key": ident.key, "status": ident.status,
+                "delta": {n: _delta_json(d) for n, d in ident.delta.items()},
+                "combined_delta": _delta_json(R.combined_delta(ident.delta, self.weights))},
+            "noise_floor": nf,
             "leaderboard": board,
             "counts": dict(self.counts),
             "timings": sums,
@@ -1578,16 +1268,16 @@ class Sweep:
             "ended_at": utc_now(),
         }
 
-    def report(self, summary: Mapping[str, Any]) -> None:
+    def report(self, summary: Mapping[str, object]) -> None:
         out = []
         if self.interrupted:
             out.append("interrupted: the server was stopped and the temp model deleted; "
                        "the unfinished config was not recorded (rerun to resume)")
-        nf = summary["noise_floor"]
+        nf: Mapping[str, float] = summary["noise_floor"]  # type: ignore[assignment]
         if nf:
             out.append("noise floor (identity vs baseline, max(|delta|, 2*stderr)): "
                        + "  ".join(f"{k} {v:.3f}" for k, v in nf.items()))
-        board = summary["leaderboard"]
+        board: list[dict] = summary["leaderboard"]  # type: ignore[assignment]
         if board:
             out.append(f"top {len(board)} by combined delta:")
             out += leaderboard_lines(board, self.suite.names)
@@ -1601,13 +1291,15 @@ class Sweep:
             out.append("confirm on the held-out test split (holds = test delta > 2 stderr):")
             for row in self.confirm_rows:
                 verdict = "holds" if row["holds"] else (
-                    "error" if row["status"] != "ok" else "noise")
-                out.append(f"  {row['config']:<16} {row['path']:<24} dev {fmt_delta(row['dev'])}"
-                           f"  test {fmt_delta(row['test'])}  {verdict}")
-        c, t = summary["counts"], summary["timings_per_config"]
-        out.append(f"{c['ran']} configs run ({c['ok']} ok, {c['error']} errors), {c['resumed']} "
-                   f"already done; per config: surgery {t['surgery_s']:.1f}s, load "
-                   f"{t['load_s']:.1f}s, probes {t['probe_s']:.1f}s, total {t['total_s']:.1f}s")
+                    "error" if row["status"] != R.OK else "noise")
+                out.append(f"  {row['config']:<16} {row['path']:<24} dev "
+                           f"{fmt_delta(_delta_obj(row['dev']))}  test "
+                           f"{fmt_delta(_delta_obj(row['test']))}  {verdict}")
+        c = summary["counts"]
+        t = summary["timings_per_config"]
+        out.append(f"{c['ran']} configs run ({c['ok']} ok, {c['error']} errors), {c['resumed']} "  # type: ignore[index]
+                   f"already done; per config: surgery {t['surgery_s']:.1f}s, load "  # type: ignore[index]
+                   f"{t['load_s']:.1f}s, probes {t['probe_s']:.1f}s, total {t['total_s']:.1f}s")  # type: ignore[index]
         out.append(f"results: {self.store.path}  (items: {self.store.items_path.name}, logs: "
                    f"{self.store.logs_dir.name}/, summary: {self.store.summary_path.name})")
         out.append(f"next: rys-plot {shlex.quote(str(self.store.path))}")
@@ -1615,12 +1307,23 @@ class Sweep:
             print(line, flush=True)
 
 
-def leaderboard_lines(board: Sequence[Mapping[str, Any]], probe_names: Sequence[str]) -> list[str]:
+def _delta_json(d: Delta | None) -> dict | None:
+    return None if d is None else {"delta": d.delta, "stderr": d.stderr}
+
+
+def _delta_obj(d: Mapping[str, float | None] | None) -> Delta | None:
+    return None if d is None else Delta(d.get("delta"), d.get("stderr"))
+
+
+def leaderboard_lines(board: Sequence[Mapping[str, object]],
+                      probe_names: Sequence[str]) -> list[str]:
     rows = [["#", "config", "path"] + list(probe_names) + ["combined", ""]]
     for e in board:
+        deltas: Mapping[str, Mapping] = e.get("delta") or {}  # type: ignore[assignment]
         rows.append([str(e["rank"]), str(e.get("config") or e["kind"]), str(e["path"])]
-                    + [fmt_delta((e.get("delta") or {}).get(n)) for n in probe_names]
-                    + [fmt_delta(e.get("combined_delta")), "*" if e.get("beyond_noise") else ""])
+                    + [fmt_delta(_delta_obj(deltas.get(n))) for n in probe_names]
+                    + [fmt_delta(_delta_obj(e.get("combined_delta"))),  # type: ignore[arg-type]
+                       "*" if e.get("beyond_noise") else ""])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.append("  (* = combined delta beyond the noise floor)")
@@ -1633,16 +1336,9 @@ DEMO_PLAN = {"block_sizes": [3, 5], "stride": 4, "start_min": 4, "start_max": 12
 DEMO_SERVER_ARGS = ("--swa-full",)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one line (and exit 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_ARGS, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(
-        prog="rys-sweep",
+    ap = cli.ArgumentParser(
+        prog=PROG,
         description="Sweep layer paths of a GGUF model: for each config rewrite the model into "
         "tmpfs, serve it with llama-server, run the probes, append one JSON line; resumable. "
         "Without MODEL, runs a small demo on the bundled demo model.",
@@ -1695,6 +1391,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per request before the item counts as an error (default 300)")
     s = ap.add_argument_group("server")
     s.add_argument("--llama-server", metavar="PATH", help="llama-server binary")
+    s.add_argument("--engine", choices=("auto", *E.ENGINES), default="auto",
+                   help="how each path is served: physical (rewrite the GGUF, fresh server), "
+                   "virtual (a --rys-patches llama-server switches the path in place), auto "
+                   "(virtual when the binary supports it; default)")
     s.add_argument("--server-args", default="", metavar="ARGS",
                    help="extra llama-server arguments, one shell-quoted string "
                    "(e.g. \"-ngl 99 --device Vulkan1\")")
@@ -1753,38 +1453,35 @@ def build_plan(args: argparse.Namespace, n_layers: int, demo: bool = False) -> l
         except OSError as exc:
             raise PlanError(f"--paths-file {args.paths_file}: {exc.strerror or exc}") from None
         plan += parse_paths_text(text, n_layers, f"--paths-file {args.paths_file}")
-    import layer_path
-
     ident = tuple(layer_path.identity(n_layers))
     return dedupe(plan, done=[ident])  # the identity control always runs anyway
 
 
-def filter_refused(plan: list[Config], source: Any) -> tuple[list[Config], list[tuple[Config, str]]]:
-    """Split off configs the surgery refuses for this architecture (with the reason)."""
-    import gguf_surgery
-
+def filter_refused(plan: list[Config], eng: E.Engine) -> tuple[list[Config], list[tuple[Config, str]]]:
+    """Split off configs the engine refuses for this architecture (with the reason)."""
     ok, refused = [], []
     for c in plan:
         try:
-            gguf_surgery.check_path(source, list(c.path))
+            eng.check(c.path)
             ok.append(c)
-        except Exception as exc:  # SurgeryError / LayerPathError
+        except (gguf_surgery.SurgeryError, layer_path.LayerPathError, E.EngineError) as exc:
             refused.append((c, str(exc)))
     return ok, refused
 
 
-def print_plan(plan: Sequence[Config], source: Any, suite: Suite, args: argparse.Namespace,
-               refused: Sequence[tuple[Config, str]]) -> None:
+def print_plan(plan: Sequence[Config], source: gguf_surgery.SourceModel, suite: Suite,
+               args: argparse.Namespace, refused: Sequence[tuple[Config, str]]) -> None:
     print(f"model: {source.paths[0]} ({source.arch}, {source.n_layers} layers, "
           f"{source.file_size / 2**20:.0f} MiB)")
     print(f"probes: {suite.spec()} (split {args.split}, mode {args.mode})")
     print(f"plan: baseline + identity + {len(plan)} configs")
     print(f"  {'baseline':<14} original file, no surgery")
-    print(f"  {'identity':<14} {Config(tuple(range(source.n_layers)), 'identity').spec}")
+    print(f"  {'identity':<14} {identity_config(source.n_layers).spec}")
     for c in plan:
         size = source.estimate_size(list(c.path))
-        print(f"  {c.describe():<14} {c.spec:<28} {len(c.path):>4} layers  {size / 2**20:8.0f} MiB"
-              + (f"  # {c.label}" if c.label and c.kind == "custom" else ""))
+        print(f"  {c.config_label:<14} {c.spec:<28} {len(c.path):>4} layers  "
+              f"{size / 2**20:8.0f} MiB" + (f"  # {c.label}" if c.label and c.kind == Kind.CUSTOM
+                                            else ""))
     for c, why in refused:
         print(f"  refused: {c.spec}: {why}")
     if args.halving is not None and len(plan) > 1:
@@ -1798,58 +1495,65 @@ def print_plan(plan: Sequence[Config], source: Any, suite: Suite, args: argparse
         print(f"confirm: the top {args.confirm} and the baseline on the test split")
 
 
-def _fail(msg: str) -> int:
-    print(f"rys-sweep: error: {msg}", file=sys.stderr)
-    return EXIT_BAD_ARGS
+def list_probes() -> None:
+    for probe in P.list_probes():
+        s = probe.summary()
+        print(f"{s['name']:<14} v{s['version']:<3} {s['hash']:<18} dev {s['n_dev']:>4}  "
+              f"test {s['n_test']:>4}  {','.join(s['modes']):<17} {s['description']}")
+    print(f"default suite: {','.join(str(e) for e in P.default_suite())}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """rys-sweep. Bad input: one line on stderr and exit 2 before any server starts."""
-    ours, passthrough = split_passthrough(sys.argv[1:] if argv is None else argv)
+    """rys-sweep. Bad input: one line on stderr and exit 2 before anything is created."""
+    return cli.run(PROG, _main, argv,
+                   usage_errors=(P.ProbeError, PlanError, layer_path.LayerPathError),
+                   failures=(SweepError, E.NoSpace),
+                   interrupted="interrupted before the sweep started; nothing recorded")
+
+
+def _main(argv: Sequence[str]) -> int:
+    ours, passthrough = split_passthrough(argv)
     args = build_parser().parse_args(ours)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        import gguf_surgery
-        import layer_path
-        import llama_server as LS
-        import probes as P
-    except ImportError as exc:  # broken install
-        return _fail(f"cannot import a rys module: {exc}")
+    cli.setup_logging(args.verbose)
     if args.list_probes:
-        for probe in P.list_probes():
-            s = probe.summary()
-            print(f"{s['name']:<14} v{s['version']:<3} {s['hash']:<18} dev {s['n_dev']:>4}  "
-                  f"test {s['n_test']:>4}  {','.join(s['modes']):<17} {s['description']}")
-        print(f"default suite: {','.join(str(e) for e in P.default_suite())}")
+        list_probes()
         return 0
-    try:
-        return _main(args, passthrough, gguf_surgery, layer_path, LS, P)
-    except KeyboardInterrupt:
-        print("rys-sweep: interrupted before the sweep started; nothing recorded", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    sweep = prepare(args, passthrough)
+    if sweep is None:
+        return 0  # --dry-run printed the plan
+    if not args.quiet:
+        print(f"{PROG}: {Path(sweep.src.paths[0]).name} ({sweep.src.arch}, {sweep.src.n_layers} "
+              f"layers), {len(sweep.o.plan)} configs + baseline + identity, probes "
+              f"{sweep.suite.spec()}, engine {sweep.engine.name}, results {sweep.store.path}",
+              flush=True)
+    return sweep.run()
 
 
-def _main(args: argparse.Namespace, passthrough: list[str], gguf_surgery: Any, layer_path: Any,
-          LS: Any, P: Any) -> int:
+def _usage(msg: str) -> cli.UsageError:
+    return cli.UsageError(msg)
+
+
+def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
+    """Check everything the command line asks for and build the Sweep; UsageError for bad input
+    (nothing created yet), None for --dry-run."""
     for name in ("stride", "parallel", "top", "halving_min_items", "refine_rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            return _fail(f"--{name.replace('_', '-')} must be >= 1")
+            raise _usage(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("limit", "ctx_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            return _fail(f"--{name.replace('_', '-')} must be >= 1")
+            raise _usage(f"--{name.replace('_', '-')} must be >= 1")
     if args.confirm < 0 or args.refine < 0:
-        return _fail("--confirm/--refine must be >= 0")
+        raise _usage("--confirm/--refine must be >= 0")
     if args.halving is not None and args.halving < 2:
-        return _fail(f"--halving ETA must be >= 2, got {args.halving}")
+        raise _usage(f"--halving ETA must be >= 2, got {args.halving}")
     if args.confirm and args.split == "test":
-        return _fail("--confirm rescores on the test split, so the sweep itself must use --split dev")
+        raise _usage("--confirm rescores on the test split, so the sweep itself must use --split dev")
     if args.load_timeout <= 0 or args.item_timeout <= 0:
-        return _fail("--load-timeout/--item-timeout must be positive")
+        raise _usage("--load-timeout/--item-timeout must be positive")
     try:
         extra = shlex.split(args.server_args) + passthrough
     except ValueError as exc:
-        return _fail(f"--server-args: {exc}")
+        raise _usage(f"--server-args: {exc}") from None
     demo = args.model is None
     if demo and not extra:
         # Gemma 3 uses sliding-window attention: without a full-size SWA cache llama-server
@@ -1859,82 +1563,94 @@ def _main(args: argparse.Namespace, passthrough: list[str], gguf_surgery: Any, l
     try:
         model = Path(args.model) if args.model else LS.demo_model_path()
     except LS.ServerError as exc:
-        return _fail(f"no MODEL given and the demo model is unavailable: {exc}")
+        raise _usage(f"no MODEL given and the demo model is unavailable: {exc}") from None
     if not model.is_file():
-        return _fail(f"model file not found: {model}")
+        raise _usage(f"model file not found: {model}")
     try:
         source = gguf_surgery.SourceModel.open(model)
     except (gguf_surgery.SurgeryError, OSError, ValueError) as exc:
-        return _fail(f"cannot read {model} as a GGUF model: {exc}")
+        raise _usage(f"cannot read {model} as a GGUF model: {exc}") from None
     try:
         suite = Suite.resolve(args.probes, args.split, args.limit)
         parse_weights(args.weights, suite.names)
         plan = build_plan(args, source.n_layers, demo=demo)
-    except (P.ProbeError, SweepError) as exc:
-        return _fail(str(exc))
-    except layer_path.LayerPathError as exc:
-        return _fail(str(exc))
-    plan, refused = filter_refused(plan, source)
+    except SweepError as exc:
+        raise _usage(str(exc)) from None
+    try:
+        binary = LS.find_llama_server(args.llama_server)
+        engine_name = E.resolve_engine(args.engine, binary)
+    except (LS.ServerError, E.EngineError) as exc:
+        raise _usage(str(exc)) from None
+    ctx = args.ctx_size or (None if _sets_ctx(extra) else DEFAULT_CTX_PER_SLOT * args.parallel)
+    settings = E.ServerSettings(binary=binary, extra_args=extra, host=args.host,
+                                parallel=args.parallel, ctx_size=ctx,
+                                load_timeout=args.load_timeout)
+    tmp_dir = _tmp_dir(args) if engine_name == R.ENGINE_PHYSICAL else None
+    eng = E.make_engine(engine_name, source, settings, tmp_dir)
+    plan, refused = filter_refused(plan, eng)
     for c, why in refused:
-        log.warning("skipping %s: the surgery refuses it: %s", c.spec, why)
+        log.warning("skipping %s: refused: %s", c.spec, why)
     if not plan:
-        return _fail("the plan is empty" + (f" (all {len(refused)} configs refused by the "
-                                            f"surgery: {refused[0][1]})" if refused else ""))
+        raise _usage("the plan is empty" + (f" (all {len(refused)} configs refused: "
+                                            f"{refused[0][1]})" if refused else ""))
     if args.dry_run:
         print_plan(plan, source, suite, args, refused)
-        return 0
+        return None
     results = Path(args.output) if args.output else Path("rys-results") / f"{model.stem}.jsonl"
     store = ResultsStore(results)
     try:
         store.check_writable()
     except SweepError as exc:
-        return _fail(str(exc))
-    try:
-        binary = LS.find_llama_server(args.llama_server)
-    except LS.ServerError as exc:
-        return _fail(str(exc))
-    try:
-        tmp_dir = Path(args.tmp_dir) if args.tmp_dir else gguf_surgery.default_tmp_dir()
-        if args.tmp_dir:
-            tmp_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(tmp_dir, os.W_OK):
-            raise OSError(f"{tmp_dir} is not writable")
-    except (OSError, gguf_surgery.SurgeryError) as exc:
-        return _fail(f"--tmp-dir: {exc}")
-    clean_stale_temp(tmp_dir)
-    biggest = max(source.estimate_size(list(c.path)) for c in plan)
-    free = shutil.disk_usage(tmp_dir).free
-    if free < biggest + (16 << 20):
-        return _fail(f"not enough space in {tmp_dir}: the largest config needs "
-                     f"{biggest / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free (use --tmp-dir)")
-    ctx = args.ctx_size or (None if _sets_ctx(extra) else DEFAULT_CTX_PER_SLOT * args.parallel)
-    server_opts = ServerOptions(binary=binary, extra_args=extra, host=args.host,
-                                parallel=args.parallel, ctx_size=ctx,
-                                load_timeout=args.load_timeout)
+        raise _usage(str(exc)) from None
+    existing = store.read().records
+    if existing and not args.force:
+        why = check_compatible(existing, source.fingerprint, suite.hashes)
+        if why:
+            raise _usage(f"{store.path} cannot be resumed: {why}; write to another file with -o, "
+                         f"or pass --force to append anyway")
+    if isinstance(eng, E.PhysicalEngine):
+        created = not eng.tmp_dir.exists()
+        eng.tmp_dir.mkdir(parents=True, exist_ok=True)
+        gguf_surgery.remove_stale_temporaries(eng.tmp_dir)
+        try:
+            eng.check_space([c.path for c in plan])
+        except E.NoSpace as exc:
+            if created:
+                with contextlib.suppress(OSError):
+                    eng.tmp_dir.rmdir()
+            raise _usage(str(exc)) from None
     opts = RunOptions(
         model=model, results=results, plan=plan, probes=args.probes, split=args.split,
         mode=args.mode, no_think=args.no_think, weights=args.weights, limit=args.limit,
-        server=server_opts, tmp_dir=tmp_dir, item_timeout=args.item_timeout, top=args.top,
+        item_timeout=args.item_timeout, top=args.top,
         quiet=args.quiet, force=args.force, retry_errors=args.retry_errors, confirm=args.confirm,
         halving=args.halving, halving_min_items=args.halving_min_items, refine=args.refine,
         refine_rounds=args.refine_rounds,
     )
-    sweep = Sweep(opts, source, suite, server_opts)
-    existing = read_jsonl(store.path, repair=False)
-    if existing and not args.force:
-        why = check_compatible(existing, source.fingerprint, suite.hashes)
-        if why:
-            return _fail(f"{store.path} cannot be resumed: {why}; write to another file with -o, "
-                         f"or pass --force to append anyway")
-    if not args.quiet:
-        print(f"rys-sweep: {model.name} ({source.arch}, {source.n_layers} layers), "
-              f"{len(plan)} configs + baseline + identity, probes {suite.spec()}, "
-              f"results {store.path}", flush=True)
+    return Sweep(opts, source, suite, eng)
+
+
+def _tmp_dir(args: argparse.Namespace) -> Path:
+    """The tmp dir for rewritten models. A --tmp-dir is checked here and created only after every
+    other check passed (a refused run leaves nothing behind)."""
+    if not args.tmp_dir:
+        try:
+            return gguf_surgery.default_tmp_dir()
+        except gguf_surgery.SurgeryError as exc:
+            raise _usage(f"no usable tmp dir ({exc}); pass --tmp-dir") from None
+    tmp_dir = Path(args.tmp_dir)
+    ancestor = tmp_dir
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise _usage(f"--tmp-dir: {ancestor} is not a directory")
     try:
-        return sweep.run()
-    except SweepError as exc:
-        print(f"rys-sweep: error: {exc}", file=sys.stderr)
-        return 1
+        fd, name = tempfile.mkstemp(dir=ancestor, prefix=".rys-write-check-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise _usage(f"--tmp-dir: {ancestor} is not writable ({exc.strerror or exc})") from None
+    return tmp_dir
 
 
 def _sets_ctx(args: Sequence[str]) -> bool:

@@ -28,12 +28,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
+import cli
+import layer_path
+import sweep_record as R
+from sweep_record import COMBINED, SweepRecord, significance
+
 log = logging.getLogger("rys.visualize")
 
 PROG = "rys-plot"
-SCHEMA_PREFIX = "rys.sweep/"
-BLOCK_KINDS = ("block", "grid", "refine")
-COMBINED = "combined"
+BLOCK_KINDS = tuple(str(k) for k in R.BLOCK_KINDS)
 
 # Fixed figure geometry: PNG pixel size = inches * DPI exactly (figures are saved without
 # bbox_inches="tight", so sizes are predictable for reports and tests).
@@ -51,7 +54,7 @@ ASCII_NOISE = "."
 ASCII_ERROR = "x"
 
 
-class InputError(Exception):
+class InputError(cli.UsageError):
     """Bad user input: reported as one line on stderr with exit code 2."""
 
 
@@ -100,20 +103,10 @@ class Config:
 
     @property
     def label(self) -> str:
-        """Short human name: dup(i,j), skip(L), baseline, identity, or the path."""
-        if self.kind == "baseline":
-            return "baseline"
-        if self.kind == "identity":
-            return "identity"
-        if self.i is not None and self.j is not None:
-            name = "del" if self.kind == "prune" else "dup"
-            reps = f"*{self.times + 1}" if self.times not in (None, 1) else ""
-            return f"{name}({self.i},{self.j}){reps}"
-        if self.skip is not None:
-            return f"skip({self.skip})"
-        if self.name:
-            return self.name
-        return self.path if len(self.path) <= 28 else self.path[:25] + "..."
+        """The config's one human name (sweep_record.config_label)."""
+        block = R.Block(self.i, self.j, self.times, self.skip) if (
+            self.skip is not None or (self.i is not None and self.j is not None)) else None
+        return R.config_label(self.kind, block, self.name, self.path, self.of_kind)
 
     @property
     def rank_value(self) -> float | None:
@@ -155,7 +148,7 @@ class Sweep:
     n_truncated: int = 0
     n_skipped: int = 0                         # records in neither format
     source_n_layers: int | None = None
-    model: dict[str, Any] = field(default_factory=dict)
+    model: R.ModelInfo = field(default_factory=R.ModelInfo)
 
     @property
     def baseline(self) -> Config | None:
@@ -238,23 +231,6 @@ def pareto_front(points: dict[Hashable, Sequence[float]]) -> set:
     return front
 
 
-def significance(delta: float | None, stderr: float | None, floor: float | None) -> str:
-    """'+'/'-' when |delta| clears the noise threshold, '~' within noise, '?' unknown.
-
-    Threshold = max(noise floor, 2 * the config's own paired stderr), using whichever is known;
-    with neither known (e.g. the reference format) no claim is made.
-    """
-    if delta is None:
-        return "?"
-    parts = [x for x in (floor, None if stderr is None else 2.0 * stderr) if x is not None]
-    if not parts:
-        return "?"
-    thr = max(parts)
-    if abs(delta) <= thr:
-        return "~"
-    return "+" if delta > 0 else "-"
-
-
 SIG_WORDS = {"+": "+sig", "-": "-sig", "~": "noise", "?": "?"}
 
 
@@ -272,14 +248,12 @@ def _slug(s: str) -> str:
 
 def summary_path_for(jsonl: Path) -> Path:
     """RESULTS.jsonl -> RESULTS.summary.json (the sweep's end-of-run summary)."""
-    return jsonl.with_suffix(".summary.json") if jsonl.suffix == ".jsonl" else \
-        jsonl.with_name(jsonl.name + ".summary.json")
+    return R.results_paths(jsonl)["summary"]
 
 
 def default_out_dir(jsonl: Path) -> Path:
     """RESULTS.jsonl -> RESULTS.plots/ next to it."""
-    return jsonl.with_suffix(".plots") if jsonl.suffix == ".jsonl" else \
-        jsonl.with_name(jsonl.name + ".plots")
+    return R.results_paths(jsonl)["plots"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,53 +263,41 @@ def default_out_dir(jsonl: Path) -> Path:
 @dataclass
 class RawFile:
     path: Path
-    records: list[dict[str, Any]]
+    records: list[SweepRecord]          # rys.sweep records, valid, in file order
+    reference: list[dict[str, Any]]     # objects of any other shape (the reference format)
     bad_lines: int = 0
     truncated: bool = False
 
 
 def read_jsonl(path: Path) -> RawFile:
-    """Parse a JSONL file; a cut-off last line (sweep killed mid-write) is dropped with a warning.
+    """Parse a results file (sweep_record's reader: one warning per unreadable line, naming it; a
+    cut-off last line ignored with one warning).
 
     Raises InputError for a missing file or one whose first line is not a JSON object.
     """
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a results file") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    text = data.decode("utf-8", errors="replace")
-    lines = text.split("\n")
-    ends_clean = text.endswith("\n")
-    raw = RawFile(path=path, records=[])
-    seen_any = False
+    lines = head.split(b"\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        is_last = n == len(lines)  # only the piece after the final newline can be partial
+        complete = n < len(lines)  # a first line that is also a cut-off last line is no verdict
         try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
+            ok = isinstance(json.loads(line), dict)
         except ValueError:
-            if is_last and not ends_clean:
-                raw.truncated = True
-                log.warning("%s: last line is incomplete (sweep still writing or killed); ignored",
-                            path)
-                continue
-            if not seen_any:
-                raise InputError(f"{path}: not JSONL (line {n} is not a JSON object)") from None
-            raw.bad_lines += 1
-            log.warning("%s: line %d is not a JSON object; skipped", path, n)
-            continue
-        seen_any = True
-        raw.records.append(obj)
-    return raw
-
-
-def _is_rys(rec: dict[str, Any]) -> bool:
-    return str(rec.get("schema", "")).startswith(SCHEMA_PREFIX)
+            ok = False
+        if not ok and complete:
+            raise InputError(f"{path}: not JSONL (line {n} is not a JSON object)")
+        break
+    parsed = R.read_records(path)
+    return RawFile(path, parsed.records, parsed.others, len(parsed.bad_lines), parsed.truncated)
 
 
 def _is_reference(rec: dict[str, Any]) -> bool:
@@ -343,40 +305,26 @@ def _is_reference(rec: dict[str, Any]) -> bool:
             or any(k.endswith("_score") for k in rec))
 
 
-def config_from_rys(rec: dict[str, Any], source: str = "") -> Config:
-    """Normalise one rys.sweep/1 record."""
-    pr = rec.get("probes") or {}
-    dl = rec.get("delta") or {}
+def config_from_rys(rec: SweepRecord, source: str = "") -> Config:
+    """The view of one rys.sweep record."""
     probes: dict[str, ProbeResult] = {}
-    for name in list(pr) + [n for n in dl if n not in pr]:
-        p = pr.get(name) if isinstance(pr.get(name), dict) else {}
-        d = dl.get(name) if isinstance(dl.get(name), dict) else {}
-        probes[name] = ProbeResult(score=_num(p.get("score")), stderr=_num(p.get("stderr")),
-                                   delta=_num(d.get("delta")), delta_stderr=_num(d.get("stderr")))
-    cd = rec.get("combined_delta") if isinstance(rec.get("combined_delta"), dict) else {}
-    block = rec.get("block") if isinstance(rec.get("block"), dict) else {}
-    status = "ok" if rec.get("status", "ok") == "ok" else "error"
-    settings = rec.get("settings") if isinstance(rec.get("settings"), dict) else {}
-    confirm = rec.get("confirm") if isinstance(rec.get("confirm"), dict) else {}
+    for name in list(rec.probes) + [n for n in rec.delta if n not in rec.probes]:
+        p = rec.probes.get(name) or R.ProbeScore()
+        d = rec.delta.get(name) or R.Delta()
+        probes[name] = ProbeResult(score=_num(p.score), stderr=_num(p.stderr),
+                                   delta=_num(d.delta), delta_stderr=_num(d.stderr))
+    cd = rec.combined_delta or R.Delta()
+    b = rec.block or R.Block()
     return Config(
-        key=str(rec.get("key") or rec.get("path") or id(rec)),
-        path=str(rec.get("path") or ""),
-        kind=str(rec.get("kind") or "custom"),
-        status=status,
-        i=_int(block.get("i")), j=_int(block.get("j")), times=_int(block.get("times")),
-        skip=_int(block.get("skip")),
-        probes=probes,
-        combined=_num(rec.get("combined")),
-        combined_delta=_num(cd.get("delta")),
-        combined_delta_stderr=_num(cd.get("stderr")),
-        error=rec.get("error") if status == "error" else None,
-        n_layers=_int(rec.get("n_layers")),
-        source=source, fmt="rys",
-        stage=str(rec.get("stage") or "sweep"),
-        limit=_int(settings.get("limit")),
-        name=str(rec["label"]) if rec.get("label") and rec.get("kind") == "custom" else None,
-        confirm_of=str(confirm["of"]) if confirm.get("of") else None,
-        of_kind=str(confirm["kind"]) if confirm.get("kind") else None,
+        key=rec.key, path=rec.path, kind=str(rec.kind), status="ok" if rec.ok else "error",
+        i=b.i, j=b.j, times=b.times if b.is_block else None, skip=b.skip,
+        probes=probes, combined=_num(rec.combined), combined_delta=_num(cd.delta),
+        combined_delta_stderr=_num(cd.stderr), error=None if rec.ok else rec.error,
+        n_layers=rec.n_layers or None, source=source, fmt="rys", stage=str(rec.stage),
+        limit=rec.settings.limit,
+        name=rec.label if rec.label and rec.kind == R.Kind.CUSTOM else None,
+        confirm_of=rec.confirm.of if rec.confirm else None,
+        of_kind=str(rec.confirm.kind) if rec.confirm else None,
     )
 
 
@@ -469,7 +417,6 @@ def configs_from_reference(records: list[dict[str, Any]], source: str,
 def _reference_path_text(cfg: Config, n_layers: int | None) -> str:
     """Canonical path of a reference config when the layer count is known, else its label."""
     if n_layers:
-        import layer_path
         try:
             return layer_path.format(_reference_layers(cfg, n_layers))
         except (layer_path.LayerPathError, InputError) as e:
@@ -477,32 +424,14 @@ def _reference_path_text(cfg: Config, n_layers: int | None) -> str:
     return cfg.label
 
 
-def _noise_from_summary(path: Path) -> dict[str, float]:
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        log.warning("%s: unreadable summary (%s); noise floor taken from the identity record", path, e)
-        return {}
-    nf = obj.get("noise_floor") if isinstance(obj, dict) else None
-    if not isinstance(nf, dict):
-        return {}
-    return {str(k): abs(x) for k, v in nf.items() if (x := _num(v)) is not None}
-
-
 def _noise_from_identity(ident: Config | None) -> dict[str, float]:
-    """max(|identity delta|, 2*stderr) per probe (and for combined), where known."""
+    """The noise floor (sweep_record.noise_floor) from the identity record, where known."""
     if ident is None:
         return {}
-    out = {}
-    pairs = [(n, p.delta, p.delta_stderr) for n, p in ident.probes.items()]
-    pairs.append((COMBINED, ident.combined_delta, ident.combined_delta_stderr))
-    for name, d, se in pairs:
-        vals = [abs(x) for x in (d, None if se is None else 2 * se) if x is not None]
-        if vals:
-            out[name] = max(vals)
-    return out
+    deltas = {n: R.Delta(p.delta, p.delta_stderr) for n, p in ident.probes.items()}
+    combined = R.Delta(ident.combined_delta, ident.combined_delta_stderr) \
+        if ident.combined_delta is not None else None
+    return R.noise_floor(deltas, combined)
 
 
 def _dedupe(configs: list[Config]) -> list[Config]:
@@ -548,9 +477,9 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
     groups: dict[str, Sweep] = {}
     for path in paths:
         raw = read_jsonl(path)
-        rys = [r for r in raw.records if _is_rys(r)]
-        ref = [r for r in raw.records if not _is_rys(r) and _is_reference(r)]
-        other = len(raw.records) - len(rys) - len(ref)
+        rys = raw.records
+        ref = [r for r in raw.reference if _is_reference(r)]
+        other = len(raw.reference) - len(ref)
         if rys and ref:
             log.warning("%s: mixes rys and reference records; reading the rys ones", path)
             other += len(ref)
@@ -560,19 +489,19 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
                 continue
             raise InputError(f"{path}: no usable sweep records (neither rys.sweep/1 nor reference format)")
         if rys:
-            model = next((r["model"] for r in rys if isinstance(r.get("model"), dict)), {})
-            gkey = "rys:" + str(model.get("fingerprint") or model.get("file") or path)
-            label = Path(str(model.get("file") or path.stem)).stem if model else path.stem
+            model = rys[0].model
+            gkey = "rys:" + (model.fingerprint or model.file or str(path))
+            label = Path(model.file).stem if model.file else path.stem
             configs = [config_from_rys(r, str(path)) for r in rys]
             fmt = "rys"
         else:
             configs, skipped = configs_from_reference(ref, str(path), n_layers)
             other += skipped
-            model, gkey, label, fmt = {}, f"ref:{path}", path.stem, "reference"
+            model, gkey, label, fmt = R.ModelInfo(), f"ref:{path}", path.stem, "reference"
         g = groups.get(gkey)
         if g is None:
             g = groups[gkey] = Sweep(label=label, files=[], fmt=fmt, configs=[], probe_names=[],
-                                     model=dict(model))
+                                     model=model)
         g.files.append(str(path))
         g.configs.extend(configs)
         g.n_records += len(configs) - (1 if fmt == "reference" else 0)
@@ -582,7 +511,7 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
         if other:
             log.warning("%s: %d record(s) in neither format skipped", path, other)
         if fmt == "rys":
-            summ = _noise_from_summary(summary_path_for(path))
+            summ = R.read_summary_noise(summary_path_for(path))
             if summ and g.noise_source in ("unknown", "identity"):
                 g.noise_floor = {**summ}
                 g.noise_source = "summary"
@@ -608,7 +537,7 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
         elif ident:
             g.noise_floor, g.noise_source = ident, "identity"
         # only recorded counts: guessing from the largest j would build wrong export paths
-        g.source_n_layers = (_int(g.model.get("n_layers")) or n_layers
+        g.source_n_layers = (g.model.n_layers or n_layers
                              or next((c.n_layers for c in g.configs
                                       if c.kind in ("baseline", "identity") and c.n_layers), None))
         k = seen.get(g.label, 0)
@@ -1390,7 +1319,6 @@ def html_report(sweeps: Sequence[Sweep], probes_by: dict[str, list[str]],
 
 def _reference_layers(cfg: Config, n: int) -> list[int]:
     """Layer list of a reference-format config via layer_path's constructors."""
-    import layer_path
     if cfg.kind == "block" and cfg.i is not None and cfg.j is not None:
         return layer_path.duplicate(cfg.i, cfg.j, n, cfg.times or 1)
     if cfg.kind == "ablate" and cfg.skip is not None:
@@ -1402,7 +1330,6 @@ def _reference_layers(cfg: Config, n: int) -> list[int]:
 
 def config_layer_path(sweep: Sweep, cfg: Config) -> list[int]:
     """The layer list of a config, via layer_path (the one owner of the path language)."""
-    import layer_path
     n = sweep.source_n_layers
     if not n:
         hint = "; pass --n-layers N" if cfg.fmt == "reference" else ""
@@ -1417,7 +1344,6 @@ def config_layer_path(sweep: Sweep, cfg: Config) -> list[int]:
 
 def path_spec(sweep: Sweep, cfg: Config) -> str:
     """The spec string to give rys-path -p: the record's canonical path, else layer_path.format."""
-    import layer_path
     if cfg.fmt == "rys" and cfg.path:
         return cfg.path
     return layer_path.format(config_layer_path(sweep, cfg))
@@ -1425,7 +1351,7 @@ def path_spec(sweep: Sweep, cfg: Config) -> str:
 
 def export_command(sweep: Sweep, cfg: Config, model: str | None = None) -> str:
     """`rys-path MODEL OUT -p SPEC` that builds this config's GGUF."""
-    src = model or str(sweep.model.get("file") or "MODEL.gguf")
+    src = model or sweep.model.path or sweep.model.file or "MODEL.gguf"
     stem = Path(src).name
     stem = stem[:-5] if stem.endswith(".gguf") else stem
     tag = _slug(cfg.label.replace("(", "").replace(")", "").replace(",", "-").replace("*", "x"))
@@ -1435,7 +1361,6 @@ def export_command(sweep: Sweep, cfg: Config, model: str | None = None) -> str:
 
 def mergekit_config(sweep: Sweep, cfg: Config, hf_model: str) -> str:
     """mergekit passthrough YAML for a config (generated by layer_path.mergekit_yaml)."""
-    import layer_path
     fn = getattr(layer_path, "mergekit_yaml", None)
     if fn is None:
         raise InputError("layer_path.mergekit_yaml is not available in this install")
@@ -1447,7 +1372,7 @@ def mergekit_config(sweep: Sweep, cfg: Config, hf_model: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog=PROG,
         description="Tables, ASCII views, PNG heatmaps and an HTML report for rys sweep results "
                     "(rys.sweep/1 JSONL, or the reference project's sweep JSONL).")
@@ -1658,40 +1583,39 @@ def _watch(opts: Options, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """rys-plot. Bad input: one line on stderr, exit 2, nothing written."""
+    return cli.run(PROG, _main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(message)s")
-    try:
-        if args.top < 0:
-            raise InputError("--top must be >= 0")
-        if args.watch_interval <= 0:
-            raise InputError("--watch-interval must be > 0")
-        if (args.mergekit_yaml or args.model) and not args.export:
-            raise InputError("--mergekit-yaml/--model go with --export RANK")
-        for p in args.results:
-            if not p.is_file():
-                raise InputError(f"{p}: no such file")
-        opts = Options(paths=list(args.results), out_dir=args.out, html=args.html, top=args.top,
-                       probes=_split(args.probes),
-                       pareto=tuple(_split(args.pareto) or ()) or None,  # type: ignore[arg-type]
-                       fmt=args.format, n_layers=args.n_layers)
-        if opts.pareto is not None and len(opts.pareto) != 2:
-            raise InputError("--pareto needs exactly two probe names, e.g. --pareto math,eq")
-        if args.watch:
-            if args.export:
-                raise InputError("--watch and --export do not go together")
-            return _watch(opts, args)
-        sweeps = load_sweeps(opts.paths, opts.n_layers)
+    if args.top < 0:
+        raise InputError("--top must be >= 0")
+    if args.watch_interval <= 0:
+        raise InputError("--watch-interval must be > 0")
+    if (args.mergekit_yaml or args.model) and not args.export:
+        raise InputError("--mergekit-yaml/--model go with --export RANK")
+    for p in args.results:
+        if not p.is_file():
+            raise InputError(f"{p}: no such file")
+    opts = Options(paths=list(args.results), out_dir=args.out, html=args.html, top=args.top,
+                   probes=_split(args.probes),
+                   pareto=tuple(_split(args.pareto) or ()) or None,  # type: ignore[arg-type]
+                   fmt=args.format, n_layers=args.n_layers)
+    if opts.pareto is not None and len(opts.pareto) != 2:
+        raise InputError("--pareto needs exactly two probe names, e.g. --pareto math,eq")
+    if args.watch:
         if args.export:
-            _export(args, sweeps)
-            return 0
-        render(opts, sweeps, not args.no_plots)
+            raise InputError("--watch and --export do not go together")
+        return _watch(opts, args)
+    sweeps = load_sweeps(opts.paths, opts.n_layers)
+    if args.export:
+        _export(args, sweeps)
         return 0
-    except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    render(opts, sweeps, not args.no_plots)
+    return 0
 
 
 if __name__ == "__main__":

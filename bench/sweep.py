@@ -45,11 +45,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import engine as E  # noqa: E402
 import gguf_surgery  # noqa: E402
 import layer_path  # noqa: E402
 import llama_server as LS  # noqa: E402
 import probes as P  # noqa: E402
 import sweep  # noqa: E402
+import sweep_record as R  # noqa: E402
 from probes.loader import DEFAULT_SUITE_SPEC  # noqa: E402
 
 REFERENCE_S_PER_CONFIG = 222.0
@@ -80,22 +82,19 @@ def bare_start(binary: str, model: Path, parallel: int, ctx: int, extra: list[st
 
 
 def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: str,
-              workdir: Path, n_layers: int, extra: list[str]) -> list[dict]:
-    plan = [sweep._block_config(4, 7, n_layers, 1, "block"),  # noqa: SLF001
-            sweep._block_config(8, 11, n_layers, 1, "block")]  # noqa: SLF001
-    server = sweep.ServerOptions(binary=binary, parallel=parallel, ctx_size=ctx,
-                                 extra_args=list(extra))
+              workdir: Path, n_layers: int, extra: list[str]) -> list[R.SweepRecord]:
+    plan = [sweep.block_config(4, 7, n_layers), sweep.block_config(8, 11, n_layers)]
+    settings = E.ServerSettings(binary=binary, parallel=parallel, ctx_size=ctx,
+                                extra_args=list(extra))
     opts = sweep.RunOptions(model=model, results=workdir / "bench.jsonl", plan=plan,
-                            probes=probes_spec, server=server, tmp_dir=workdir / "tmp",
-                            quiet=True)
+                            probes=probes_spec, quiet=True)
     (workdir / "tmp").mkdir()
     source = gguf_surgery.SourceModel.open(model)
     suite = sweep.Suite.resolve(probes_spec, "dev", None)
-    s = sweep.Sweep(opts, source, suite, server)
-    s.store.check_writable()
+    eng = E.PhysicalEngine(source, settings, workdir / "tmp")
     with contextlib.redirect_stdout(io.StringIO()):  # the sweep's own report
-        s.run()
-    return sweep.read_jsonl(opts.results)
+        sweep.Sweep(opts, source, suite, eng).run()
+    return R.read_records(opts.results).records
 
 
 STRATEGIES = {
@@ -145,19 +144,17 @@ def throughput(model: Path, binary: str, parallel: int, ctx: int, probes_spec: s
 
 def sweep_overhead(source, path, binary: str, parallel: int, ctx: int, workdir: Path,
                    extra: list[str]) -> dict:
-    """One config's non-probe work exactly as the sweep does it: rewrite into the tmp dir, start
-    (health + /props verification), stop, delete."""
+    """One config's non-probe work exactly as the sweep does it, through the same engine:
+    rewrite into the tmp dir, start (health + /props verification), stop, delete."""
+    settings = E.ServerSettings(binary=binary, parallel=parallel, ctx_size=ctx,
+                                extra_args=list(extra))
+    eng = E.PhysicalEngine(source, settings, workdir)
     t0 = time.monotonic()
-    with gguf_surgery.temporary_rewrite(source, path, workdir) as f:
-        t1 = time.monotonic()
-        srv = LS.LlamaServer(f, binary=binary, parallel=parallel, ctx_size=ctx,
-                             extra_args=list(extra), log_path=workdir / "overhead.log")
-        with srv:
-            t2 = time.monotonic()
-        t3 = time.monotonic()
+    with eng.serve(path, workdir / "overhead.log") as served:
+        t2 = time.monotonic()
     t4 = time.monotonic()
-    return {"surgery": t1 - t0, "start": t2 - t1, "stop": t3 - t2, "delete": t4 - t3,
-            "total": t4 - t0}
+    return {"surgery": served.surgery_s, "start": t2 - t0 - served.surgery_s,
+            "stop+delete": t4 - t2, "total": t4 - t0}
 
 
 def section_overhead(src, model: Path, binary: str, args, ctx: int, work: Path,
@@ -171,11 +168,11 @@ def section_overhead(src, model: Path, binary: str, args, ctx: int, work: Path,
     ratios = [o["total"] / b for o, b in zip(over, bare)]
     print(f"\n1. non-probe time per config vs a bare start of the same file ({args.reps} "
           f"interleaved pairs, seconds):")
-    print(f"   {'bare start':>10}{'surgery':>9}{'start':>8}{'stop':>7}{'delete':>8}"
+    print(f"   {'bare start':>10}{'surgery':>9}{'start':>8}{'stop+rm':>9}"
           f"{'total':>8}{'ratio':>7}")
     for b, o, r in zip(bare, over, ratios):
-        print(f"   {b:>10.2f}{o['surgery']:>9.2f}{o['start']:>8.2f}{o['stop']:>7.2f}"
-              f"{o['delete']:>8.2f}{o['total']:>8.2f}{r:>7.2f}")
+        print(f"   {b:>10.2f}{o['surgery']:>9.2f}{o['start']:>8.2f}{o['stop+delete']:>9.2f}"
+              f"{o['total']:>8.2f}{r:>7.2f}")
     print(f"   median ratio {statistics.median(ratios):.2f}x (target <= 1.5x)")
 
 
@@ -186,12 +183,11 @@ def section_split(src, model: Path, binary: str, args, ctx: int, work: Path,
     print(f"\n2. a small sweep, probes {args.sweep_probes}: time split per config (seconds)")
     print(f"   {'config':<16}{'surgery':>9}{'load':>8}{'probes':>9}{'stop+rm':>9}{'total':>8}")
     for r in recs:
-        t = r["timings"]
-        other = t["total_s"] - t["surgery_s"] - t["load_s"] - t["probe_s"]
-        name = r["kind"] if r["kind"] in ("baseline", "identity") else r["path"]
-        print(f"   {name:<16}{t['surgery_s']:>9.2f}{t['load_s']:>8.2f}{t['probe_s']:>9.2f}"
-              f"{other:>9.2f}{t['total_s']:>8.2f}")
-    mean_total = statistics.mean(r["timings"]["total_s"] for r in recs)
+        t = r.timings
+        other = t.total_s - t.surgery_s - t.load_s - t.probe_s
+        print(f"   {r.config_label:<16}{t.surgery_s:>9.2f}{t.load_s:>8.2f}{t.probe_s:>9.2f}"
+              f"{other:>9.2f}{t.total_s:>8.2f}")
+    mean_total = statistics.mean(r.timings.total_s for r in recs)
     print(f"   mean total per config: {mean_total:.1f}s vs the reference harness's "
           f"{REFERENCE_S_PER_CONFIG:.0f}s ({REFERENCE_S_PER_CONFIG / mean_total:.1f}x faster)")
 

@@ -15,6 +15,8 @@ import logging
 import sys
 from typing import Sequence
 
+import cli
+
 from .loader import Probe, ProbeError, builtin_names, get_probe, load_probe, parse_suite
 from .runner import chat_messages, completion_prompt, run_suite
 
@@ -88,7 +90,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m probes", description=__doc__.split("\n")[0],
+    """The probes CLI, under the shared protocol (one line and exit 2 for bad input)."""
+    return cli.run(PROG, _main, argv, usage_errors=(ProbeError,))
+
+
+PROG = "python -m probes"
+
+
+def _main(argv: Sequence[str]) -> int:
+    ap = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
     g = ap.add_mutually_exclusive_group()
@@ -112,17 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.show:
-            return _show(args.show, args.split, args.limit, args.prompt, args.chat)
-        if args.validate:
-            return _validate(args.validate)
-        if args.run:
-            return _run(args)
-        return _list(args.json)
-    except ProbeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.show:
+        return _show(args.show, args.split, args.limit, args.prompt, args.chat)
+    if args.validate:
+        return _validate(args.validate)
+    if args.run:
+        return _run(args)
+    return _list(args.json)
 
 
 if __name__ == "__main__":

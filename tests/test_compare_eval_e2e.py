@@ -137,7 +137,7 @@ def test_failed_lm_eval_run_is_one_line_exit_1_and_cleans_up(demo_model, llama_s
     code = ce.main(["run", str(demo_model), "--path", PATH, "--tasks", "rys_capitals",
                     "--include-path", str(TASKS_DIR), "--out", str(out), "--tmp-dir", str(gguf_tmp),
                     "--llama-server", llama_server_bin, "--lm-eval-args=--no_such_lm_eval_flag"])
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("rys-eval: failed")]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("rys-eval: error")]
     assert code == 1
     assert len(err) == 1 and "lm-eval exited with code 2" in err[0] and "no_such_lm_eval_flag" in err[0]
     slug = layer_path.slug(layer_path.parse(PATH, 18))

@@ -1,5 +1,5 @@
 """The layer-path language: parse, canonical format, constructors, describe, mergekit export,
-and the rys-path CLI's input errors."""
+and the input errors of the rys-path CLI (which lives in gguf_surgery, the writer)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gguf_surgery as S
 import layer_path as L
 from layer_path import LayerPathError
 
@@ -275,7 +276,7 @@ def test_mergekit_yaml():
 
 def test_cli_mergekit_yaml_without_a_model(tmp_path, capsys):
     out = tmp_path / "m.yaml"
-    rc = L.main(["--mergekit-yaml", str(out), "--model", "org/M", "-p", "0..14,12..39",
+    rc = S.path_main(["--mergekit-yaml", str(out), "--model", "org/M", "-p", "0..14,12..39",
                  "--n-layers", "40"])
     assert rc == 0
     text = out.read_text()
@@ -299,7 +300,7 @@ def test_cli_mergekit_yaml_without_a_model(tmp_path, capsys):
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     out = tmp_path / "m.yaml"
-    rc = L.main([a.replace("{out}", str(out)) for a in argv])
+    rc = S.path_main([a.replace("{out}", str(out)) for a in argv])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert message in err

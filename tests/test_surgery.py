@@ -589,7 +589,7 @@ def test_cli_bad_input(tiny, tmp_path, capsys, monkeypatch, case):
 @pytest.mark.parametrize("spec, expect", [("", "empty layer path"), ("0..6", "layer 6 out of range 0..5"),
                                           ("1..", "bad layer path item '1..'")])
 def test_rys_path_cli_bad_paths(tiny, tmp_path, capsys, spec, expect):
-    assert L.main([str(tiny), str(tmp_path / "o.gguf"), "-p", spec]) == 2
+    assert S.path_main([str(tiny), str(tmp_path / "o.gguf"), "-p", spec]) == 2
     err = _one_line_error(capsys)
     assert expect in err
     assert _files(tmp_path) == {"tiny.gguf"}
@@ -597,27 +597,27 @@ def test_rys_path_cli_bad_paths(tiny, tmp_path, capsys, spec, expect):
 
 def test_rys_path_cli(tiny, tmp_path, capsys):
     out = tmp_path / "o.gguf"
-    assert L.main([str(tiny), str(out), "-p", "0..2,1..-1", "-v"]) == 0
+    assert S.path_main([str(tiny), str(out), "-p", "0..2,1..-1", "-v"]) == 0
     printed = capsys.readouterr().out
     assert "repeated: 1..2 run 2 times" in printed
     _check_layers(tiny, out, L.duplicate(1, 3, 6))
     # dry run: mapping, count, size; nothing written
-    assert L.main([str(tiny), str(tmp_path / "dry.gguf"), "-p", "(0..1)x2,2..5", "--dry-run"]) == 0
+    assert S.path_main([str(tiny), str(tmp_path / "dry.gguf"), "-p", "(0..1)x2,2..5", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "   2 -> 0" in printed and "new layer count: 8" in printed
     size = SourceModel.open(tiny).estimate_size([0, 1, 0, 1, 2, 3, 4, 5])
     assert f"output size: {size} bytes" in printed
     assert not (tmp_path / "dry.gguf").exists()
     # existing output needs --force; refused index-derived paths exit 2 too
-    assert L.main([str(tiny), str(out), "-p", "0..5"]) == 2
+    assert S.path_main([str(tiny), str(out), "-p", "0..5"]) == 2
     assert "--force" in _one_line_error(capsys)
     g = gemma3(tmp_path, n_layers=62)
-    assert L.main([str(g), str(tmp_path / "g.gguf"), "-p", "0..61,61"]) == 2
+    assert S.path_main([str(g), str(tmp_path / "g.gguf"), "-p", "0..61,61"]) == 2
     assert "62" in _one_line_error(capsys)
 
 
 def test_rys_path_tmp_check(tiny, capsys):
-    assert L.main([str(tiny), "-p", "0..3,2..5", "--tmp-check"]) == 0
+    assert S.path_main([str(tiny), "-p", "0..3,2..5", "--tmp-check"]) == 0
     printed = capsys.readouterr().out
     assert "verified" in printed and "8 layers" in printed
     leftover = [p for p in S.default_tmp_dir().iterdir() if p.name.startswith("tiny.")]
@@ -626,18 +626,21 @@ def test_rys_path_tmp_check(tiny, capsys):
 
 def test_rys_path_mergekit_from_model(tiny, tmp_path, capsys):
     y = tmp_path / "m.yaml"
-    assert L.main([str(tiny), "--mergekit-yaml", str(y), "--model", "org/x", "-p", "0..2,1..-1"]) == 0
+    assert S.path_main([str(tiny), "--mergekit-yaml", str(y), "--model", "org/x", "-p", "0..2,1..-1"]) == 0
     assert "layer_range: [1, 6]" in y.read_text()
     assert "rys-path" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("script", ["gguf_surgery.py", "layer_path.py"])
-def test_scripts_run_directly(tiny, tmp_path, script):
-    args = ["inspect", str(tiny)] if script == "gguf_surgery.py" else [str(tiny), "-p", "0..5", "--dry-run"]
-    ok = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True)
+@pytest.mark.parametrize("command", ["rys-surgery", "rys-path"])
+def test_scripts_run_directly(tiny, tmp_path, command):
+    """`python gguf_surgery.py ...` is rys-surgery; `python gguf_surgery.py path ...` rys-path."""
+    script = [sys.executable, str(ROOT / "gguf_surgery.py")] + \
+        (["path"] if command == "rys-path" else [])
+    args = ["inspect", str(tiny)] if command == "rys-surgery" else [str(tiny), "-p", "0..5", "--dry-run"]
+    ok = subprocess.run([*script, *args], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([sys.executable, str(ROOT / script), str(tmp_path / "missing.gguf"),
-                          str(tmp_path / "o.gguf"), *(["-i", "0", "-j", "1"] if script == "gguf_surgery.py" else ["-p", "0"])],
+    bad = subprocess.run([*script, str(tmp_path / "missing.gguf"), str(tmp_path / "o.gguf"),
+                          *(["-i", "0", "-j", "1"] if command == "rys-surgery" else ["-p", "0"])],
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "no such file" in bad.stderr

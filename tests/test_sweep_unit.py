@@ -1,10 +1,9 @@
-"""Pure parts of the sweep: planners, successive halving, keys, scores, records, JSONL repair,
-resume compatibility, stale temp files, signals. No server, no model."""
+"""Pure parts of the sweep: planners, successive halving's core and its cost, weights, config
+keys, records as the runner makes them, resume compatibility, stale temp files, signals. No
+server, no model. (The record format itself: test_sweep_record.py.)"""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
 import signal
@@ -13,10 +12,17 @@ import sys
 
 import pytest
 
+import gguf_surgery
 import layer_path
 import sweep
+import sweep_record as R
+from sweep_record import Block, Delta, Kind
 
 N = 18
+
+
+def ij(c):
+    return (c.block.i, c.block.j)
 
 
 # --------------------------------------------------------------------------- planners
@@ -24,24 +30,25 @@ N = 18
 
 def test_plan_blocks_paths_and_bounds():
     plan = sweep.plan_blocks(N, [3, 5], stride=4, start_min=4, start_max=12)
-    assert [c.block for c in plan] == [(4, 7, 1), (8, 11, 1), (12, 15, 1),
-                                       (4, 9, 1), (8, 13, 1), (12, 17, 1)]
+    assert [(c.block.i, c.block.j, c.block.times) for c in plan] == [
+        (4, 7, 1), (8, 11, 1), (12, 15, 1), (4, 9, 1), (8, 13, 1), (12, 17, 1)]
     for c in plan:
-        i, j, t = c.block
-        assert c.kind == "block"
-        assert list(c.path) == layer_path.duplicate(i, j, N, t)
-        assert len(c.path) == N + (j - i) * t
+        b = c.block
+        assert c.kind == Kind.BLOCK
+        assert list(c.path) == layer_path.duplicate(b.i, b.j, N, b.times)
+        assert len(c.path) == N + (b.j - b.i) * b.times
 
 
 def test_plan_blocks_times_runs_block_times_plus_one():
     (c,) = sweep.plan_blocks(6, [2], start_min=2, start_max=2, times=2)
     assert c.path == (0, 1, 2, 3, 2, 3, 2, 3, 4, 5)
-    assert c.block_dict() == {"i": 2, "j": 4, "times": 2}
+    assert c.block.to_json() == {"i": 2, "j": 4, "times": 2}
+    assert c.config_label == "dup(2,4)x3"
 
 
 def test_plan_blocks_never_runs_past_the_last_layer():
     plan = sweep.plan_blocks(N, [4])
-    assert max(c.block[1] for c in plan) == N
+    assert max(c.block.j for c in plan) == N
     assert len(plan) == N - 4 + 1
 
 
@@ -60,10 +67,10 @@ def test_plan_blocks_rejects_bad_options(kwargs, needle):
 
 def test_plan_grid_covers_every_block_in_range():
     plan = sweep.plan_grid(10, min_block=2, skip_early=1, skip_late=2)
-    blocks = {(c.block[0], c.block[1]) for c in plan}
+    blocks = {ij(c) for c in plan}
     want = {(i, j) for i in range(1, 8) for j in range(i + 2, 9)}
     assert blocks == want
-    assert all(c.kind == "grid" for c in plan)
+    assert all(c.kind == Kind.GRID for c in plan)
     assert len(sweep.plan_grid(10, max_block=1)) == 10
     with pytest.raises(sweep.PlanError):
         sweep.plan_grid(10, min_block=5, skip_early=3, skip_late=3)
@@ -71,17 +78,19 @@ def test_plan_grid_covers_every_block_in_range():
 
 def test_plan_ablate_skips_each_layer_once():
     plan = sweep.plan_ablate(5)
-    assert [c.skip for c in plan] == [0, 1, 2, 3, 4]
+    assert [c.block.skip for c in plan] == [0, 1, 2, 3, 4]
     assert plan[2].path == (0, 1, 3, 4)
-    assert plan[2].block_dict() == {"skip": 2}
+    assert plan[2].block.to_json() == {"skip": 2}
+    assert plan[2].config_label == "skip(2)"
 
 
 def test_paths_file_comments_labels_and_errors():
     text = "# header\n0..5,3..17   # my favourite\n\n  0..-1\n0..2,4..17\n"
     plan = sweep.parse_paths_text(text, N)
-    assert [c.kind for c in plan] == ["custom"] * 3
-    assert plan[0].label == "my favourite"
+    assert [c.kind for c in plan] == [Kind.CUSTOM] * 3
+    assert plan[0].label == "my favourite" and plan[0].config_label == "my favourite"
     assert plan[1].path == tuple(range(N))
+    assert plan[2].config_label == "0..2,4..17"
     with pytest.raises(sweep.PlanError, match="line 2"):
         sweep.parse_paths_text("0..5\n0..99\n", N)
     with pytest.raises(sweep.PlanError, match="no layer paths"):
@@ -90,7 +99,7 @@ def test_paths_file_comments_labels_and_errors():
 
 def test_dedupe_keeps_first_and_drops_done():
     a = sweep.plan_blocks(N, [3], start_min=2, start_max=2)[0]
-    g = [c for c in sweep.plan_grid(N) if c.block[:2] == (2, 5)][0]
+    g = [c for c in sweep.plan_grid(N) if ij(c) == (2, 5)][0]
     assert a.path == g.path
     out = sweep.dedupe([a, g, a], done=[tuple(range(N))])
     assert out == [a]
@@ -99,12 +108,12 @@ def test_dedupe_keeps_first_and_drops_done():
 
 def test_refine_plans_unrun_neighbours_of_the_top_k():
     coarse = sweep.plan_blocks(N, [3], stride=3)
-    score = {c.block[0]: -abs(c.block[0] - 6) for c in coarse}  # best block starts at 6
-    scored = [(c, score[c.block[0]]) for c in coarse]
+    score = {c.block.i: -abs(c.block.i - 6) for c in coarse}  # best block starts at 6
+    scored = [(c, score[c.block.i]) for c in coarse]
     new = sweep.plan_refine(scored, N, top_k=1, done=[c.path for c in coarse])
-    got = {(c.block[0], c.block[1]) for c in new}
+    got = {ij(c) for c in new}
     assert got == {(5, 8), (5, 9), (6, 8), (6, 10), (7, 9), (7, 10), (7, 8), (5, 10)} - {(6, 9)}
-    assert all(c.kind == "refine" for c in new)
+    assert all(c.kind == Kind.REFINE for c in new)
     # nothing already done is planned again
     again = sweep.plan_refine(scored, N, top_k=1, done=[c.path for c in coarse + new])
     assert again == []
@@ -116,7 +125,7 @@ def test_refine_plans_unrun_neighbours_of_the_top_k():
 def test_refine_stays_inside_the_model():
     (edge,) = sweep.plan_blocks(N, [2], start_min=16, start_max=16)
     new = sweep.plan_refine([(edge, 1.0)], N, 1, [edge.path])
-    assert all(0 <= c.block[0] < c.block[1] <= N for c in new)
+    assert all(0 <= c.block.i < c.block.j <= N for c in new)
 
 
 # --------------------------------------------------------------------------- halving
@@ -155,26 +164,45 @@ def test_halving_keeps_the_winners_of_a_full_pass_and_saves_work():
         calls.append((c, n))
         return sum(items[c][:n]) / n
 
+    def score_rung(r, rung, alive):
+        return {c: score(c, rung.limit) for c in alive}
+
     full_best = max(range(30), key=lambda c: score(c, n_items))
     calls.clear()
-    res = sweep.successive_halving(list(range(30)), score, n_items, eta=3, min_items=10)
+    rungs = sweep.halving_rungs(30, n_items, eta=3, min_items=10)
+    res = sweep.successive_halving(list(range(30)), score_rung, rungs)
     assert res.ranking[0] == full_best == 13
-    assert res.evaluations < res.full_evaluations / 2
-    assert res.saved == res.full_evaluations - res.evaluations
+    cost = sweep.halving_cost(30, rungs, {"p": n_items}, 3)
+    assert cost["evaluations"] < cost["full_evaluations"] / 2
+    assert cost["saved"] == cost["full_evaluations"] - cost["evaluations"]
     # later rungs only ever see survivors of the earlier ones, and each rung has all its items
     for earlier, later in zip(res.survivors, res.survivors[1:]):
         assert set(later) <= set(earlier)
     assert res.survivors[-1] and all(n == n_items for c, n in calls[-len(res.survivors[-1]):])
+    assert res.runs == sum(len(s) for s in res.survivors)
 
 
 def test_halving_cost_counts_only_the_extra_items():
-    res = sweep.successive_halving(list(range(9)), lambda c, n: -c, 90, eta=3, min_items=10)
+    rungs = sweep.halving_rungs(9, 90, eta=3, min_items=10)
+    res = sweep.successive_halving(list(range(9)),
+                                   lambda r, rung, alive: {c: -c for c in alive}, rungs)
     # rungs: 9 x 10, 3 x 30, 1 x 90 -> 9*10 + 3*20 + 1*60
     assert [r.limit for r in res.rungs] == [10, 30, 90]
-    assert res.evaluations == 9 * 10 + 3 * 20 + 1 * 60
-    assert res.full_evaluations == 9 * 90
-    assert res.runs == 9 + 3 + 1
+    cost = sweep.halving_cost(9, rungs, {"p": 90}, 3)
+    assert cost["evaluations"] == 9 * 10 + 3 * 20 + 1 * 60
+    assert cost["full_evaluations"] == 9 * 90
+    assert res.runs == cost["runs"] == 9 + 3 + 1
     assert res.ranking == [0]
+    # probes of different sizes: a probe with fewer items stops growing at its size
+    two = sweep.halving_cost(9, rungs, {"p": 90, "q": 20}, 3)
+    assert two["evaluations"] == 9 * (10 + 10) + 3 * (20 + 10) + 1 * (60 + 0)
+
+
+def test_halving_slices_score_each_item_once():
+    counts = {"p": 27, "q": 5}
+    assert sweep.halving_slices(counts, 3, None) == {"p": (0, 3), "q": (0, 3)}
+    assert sweep.halving_slices(counts, 9, 3) == {"p": (3, 6), "q": (3, 2)}
+    assert sweep.halving_slices(counts, 27, 9) == {"p": (9, 18), "q": (5, 0)}
 
 
 def test_select_top_nan_last_and_stable():
@@ -190,29 +218,39 @@ def _settings(**kw):
     base = dict(split="dev", limit=None, mode="auto", no_think=False, weights={"math": 1.0},
                 probes={"math": "h1"}, suite="math:12")
     base.update(kw)
-    return sweep.Settings(**base)
+    return R.Settings(**base)
+
+
+def _key(fp, cfg, s):
+    return R.config_key(fp, cfg.key_path, s)
 
 
 def test_key_separates_baseline_identity_and_settings():
     base = sweep.baseline_config(N)
     ident = sweep.identity_config(N)
     s = _settings()
-    kb, ki = sweep.config_key("fp", base, s), sweep.config_key("fp", ident, s)
+    kb, ki = _key("fp", base, s), _key("fp", ident, s)
     assert kb != ki and len(kb) == 16 and int(kb, 16) >= 0
     # the same path from two planners is the same measurement
     a = sweep.plan_blocks(N, [3], start_min=2, start_max=2)[0]
-    g = [c for c in sweep.plan_grid(N) if c.block[:2] == (2, 5)][0]
-    assert sweep.config_key("fp", a, s) == sweep.config_key("fp", g, s)
+    g = [c for c in sweep.plan_grid(N) if ij(c) == (2, 5)][0]
+    assert _key("fp", a, s) == _key("fp", g, s)
     # anything that changes a measurement changes the key; weights do not
     for changed in (_settings(split="test"), _settings(limit=4), _settings(mode="logprob"),
                     _settings(no_think=True), _settings(probes={"math": "h2"}),
-                    _settings(suite="math:8")):
-        assert sweep.config_key("fp", a, changed) != sweep.config_key("fp", a, s)
-    assert sweep.config_key("fp2", a, s) != sweep.config_key("fp", a, s)
-    assert sweep.config_key("fp", a, _settings(weights={"math": 3.0})) == \
-        sweep.config_key("fp", a, s)
-    # a confirm of the baseline is still the original file
-    assert not sweep.confirm_config(base).surgery and sweep.confirm_config(a).surgery
+                    _settings(suite="math:8"), _settings(engine="virtual")):
+        assert _key("fp", a, changed) != _key("fp", a, s)
+    assert _key("fp2", a, s) != _key("fp", a, s)
+    assert _key("fp", a, _settings(weights={"math": 3.0})) == _key("fp", a, s)
+    # a confirm of the baseline is still the unmodified model
+    assert sweep.confirm_config(base).original and not sweep.confirm_config(a).original
+
+
+def test_key_is_unchanged_from_results_written_before_engines():
+    """Keys of existing results files must not move: the physical engine adds nothing."""
+    s = _settings()
+    assert "engine" not in s.key_part() and "engine" not in s.to_json()
+    assert R.config_key("fp", "0..17", s) == "13a5a8c5e7407a4d"  # computed by the code before
 
 
 def test_weights_parsing():
@@ -227,27 +265,9 @@ def test_weights_parsing():
             sweep.parse_weights(bad, names)
 
 
-def test_combined_score_and_delta():
-    w = {"a": 1.0, "b": 3.0, "z": 0.0}
-    assert sweep.combined_score({"a": 0.2, "b": 0.6}, w) == pytest.approx((0.2 + 1.8) / 4)
-    assert sweep.combined_score({"a": 0.2}, w) is None
-    cd = sweep.combined_delta({"a": {"delta": 0.4, "stderr": 0.1},
-                               "b": {"delta": 0.0, "stderr": 0.2}}, w)
-    assert cd["delta"] == pytest.approx(0.1)
-    assert cd["stderr"] == pytest.approx(math.sqrt((0.25 * 0.1) ** 2 + (0.75 * 0.2) ** 2))
-    assert sweep.combined_delta({"a": {"delta": 0.4, "stderr": 0.1}}, w) is None
-
-
-def test_noise_floor_definition():
-    nf = sweep.noise_floor({"a": {"delta": -0.05, "stderr": 0.01},
-                            "b": {"delta": 0.01, "stderr": 0.03}})
-    assert nf == {"a": pytest.approx(0.05), "b": pytest.approx(0.06)}
-
-
-def _probe_dict(score, stderr=0.05, n=10):
-    return {"score": score, "stderr": stderr, "n": n, "n_errors": 0, "version": 1, "hash": "h1",
-            "split": "dev", "metrics": {"x": 1.0}, "mode": "generate", "chat": False,
-            "items": [{"id": "1", "score": score}]}
+def _score(score, stderr=0.05, n=10):
+    return R.ProbeScore(score=score, stderr=stderr, n=n, n_errors=0, version=1, hash="h1",
+                        split="dev", metrics={"x": 1.0}, mode="generate", chat=False)
 
 
 def test_make_record_matches_schema():
@@ -255,102 +275,46 @@ def test_make_record_matches_schema():
     s = _settings(weights={"math": 1.0})
     rec = sweep.make_record(
         key="0123456789abcdef", cfg=cfg, status="ok", error=None,
-        probes={"math": _probe_dict(0.5)}, delta={"math": {"delta": 0.1, "stderr": 0.02}},
-        settings=s, timings={"surgery_s": 1, "load_s": 2, "probe_s": 3, "total_s": 6.5},
-        server={"args": ["--x"], "version": "version: 1", "log": "r.logs/k.log"},
-        model={"file": "m.gguf", "size": 1, "arch": "gemma3", "n_layers": N, "fingerprint": "f"},
+        probes={"math": _score(0.5)}, delta={"math": Delta(0.1, 0.02)},
+        settings=s, timings=R.Timings(1, 2, 3, 6.5),
+        server=R.ServerInfo(["--x"], "version: 1", "r.logs/k.log"),
+        model=R.ModelInfo("m.gguf", 1, "gemma3", N, "f", "/models/m.gguf"),
         started_at="2025-01-01T00:00:00Z", ended_at="2025-01-01T00:00:06Z")
+    j = rec.to_json()
     required = {"schema", "key", "path", "kind", "block", "n_layers", "status", "error", "probes",
                 "delta", "combined", "combined_delta", "timings", "server", "model", "settings",
-                "started_at", "ended_at"}
-    assert required <= set(rec)
-    assert rec["schema"] == "rys.sweep/1"
-    assert rec["path"] == layer_path.format(cfg.path)
-    assert rec["block"] == {"i": 4, "j": 7, "times": 1}
-    assert rec["n_layers"] == N + 3
-    assert "items" not in rec["probes"]["math"]
-    assert set(rec["probes"]["math"]) >= {"score", "stderr", "n", "n_errors", "version", "hash",
-                                          "split", "metrics"}
-    assert rec["combined"] == pytest.approx(0.5)
-    assert rec["combined_delta"]["delta"] == pytest.approx(0.1)
-    assert set(rec["timings"]) == {"surgery_s", "load_s", "probe_s", "total_s"}
-    assert set(rec["settings"]) >= {"split", "limit", "mode", "weights", "no_think"}
-    json.dumps(rec, allow_nan=False)
+                "started_at", "ended_at", "label", "stage", "confirm"}
+    assert required == set(j)
+    assert j["schema"] == "rys.sweep/1" and j["kind"] == "block"
+    assert j["path"] == layer_path.format(cfg.path)
+    assert j["block"] == {"i": 4, "j": 7, "times": 1}
+    assert j["n_layers"] == N + 3
+    assert set(j["probes"]["math"]) >= {"score", "stderr", "n", "n_errors", "version", "hash",
+                                        "split", "metrics"}
+    assert j["combined"] == pytest.approx(0.5)
+    assert j["combined_delta"]["delta"] == pytest.approx(0.1)
+    assert set(j["timings"]) == {"surgery_s", "load_s", "probe_s", "total_s"}
+    assert set(j["settings"]) >= {"split", "limit", "mode", "weights", "no_think"}
+    assert j["server"]["engine"] == "physical" and j["model"]["path"] == "/models/m.gguf"
+    assert R.SweepRecord.from_json(j) == rec
     err = sweep.make_record(
         key="k", cfg=cfg, status="error", error="boom", probes={}, delta={}, settings=s,
-        timings={}, server={}, model={}, started_at="a", ended_at="b")
-    assert err["combined"] is None and err["combined_delta"] is None and err["error"] == "boom"
+        timings=R.Timings(), server=R.ServerInfo(), model=R.ModelInfo(), started_at="a",
+        ended_at="b")
+    assert err.combined is None and err.combined_delta is None and err.error == "boom"
     assert "ERROR boom" in sweep.record_line(err)
     assert "+0.100±0.020" in sweep.record_line(rec)
-
-
-# --------------------------------------------------------------------------- JSONL and resume
-
-
-def test_truncated_last_line_is_ignored_and_repaired(tmp_path, caplog):
-    p = tmp_path / "r.jsonl"
-    lines = [json.dumps({"key": f"k{i}", "n": i}) for i in range(3)]
-    p.write_text("\n".join(lines) + "\n" + lines[0][:17])
-    recs = sweep.read_jsonl(p)
-    assert [r["key"] for r in recs] == ["k0", "k1", "k2"]
-    assert "truncated" in caplog.text
-    assert p.read_text() == "\n".join(lines) + "\n"  # complete lines untouched
-    sweep.append_jsonl(p, {"key": "k3"})
-    assert [r["key"] for r in sweep.read_jsonl(p)] == ["k0", "k1", "k2", "k3"]
-
-
-def test_complete_last_line_without_newline_is_kept(tmp_path):
-    p = tmp_path / "r.jsonl"
-    p.write_text('{"key": "a"}\n{"key": "b"}')
-    assert [r["key"] for r in sweep.read_jsonl(p)] == ["a", "b"]
-    assert p.read_text() == '{"key": "a"}\n{"key": "b"}\n'
-
-
-def test_repair_tail_on_the_sidecar(tmp_path):
-    p = tmp_path / "r.items.jsonl"
-    good = json.dumps({"key": "a", "probes": {"m": [{"id": "1"}] * 5000}}) + "\n"
-    p.write_text(good + good[: len(good) // 2])
-    assert sweep.repair_tail(p)
-    assert p.read_text() == good
-    assert not sweep.repair_tail(p)
-
-
-def test_append_cuts_back_on_failure(tmp_path, monkeypatch):
-    p = tmp_path / "r.jsonl"
-    sweep.append_jsonl(p, {"key": "a"})
-    real_fsync = os.fsync
-
-    def boom(fd):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError):
-        sweep.append_jsonl(p, {"key": "b"})
-    monkeypatch.setattr(os, "fsync", real_fsync)
-    assert p.read_text() == '{"key": "a"}\n'
-
-
-def test_latest_by_key_last_wins():
-    recs = [{"key": "a", "status": "error"}, {"key": "b"}, {"key": "a", "status": "ok"}]
-    out = sweep.latest_by_key(recs)
-    assert out["a"]["status"] == "ok" and list(out) == ["b", "a"]
+    assert sweep.record_line(rec).startswith("dup(4,7) 0..6,4..17  ")
 
 
 def test_check_compatible():
-    rec = {"schema": sweep.SCHEMA, "model": {"file": "m.gguf", "fingerprint": "fp1"},
-           "settings": {"probes": {"math": "h1", "eq": "h2"}}}
+    rec = R.SweepRecord(key="k", path="0..17", kind=Kind.BLOCK,
+                        model=R.ModelInfo(file="m.gguf", fingerprint="fp1"),
+                        settings=R.Settings(probes={"math": "h1", "eq": "h2"}))
     assert sweep.check_compatible([rec], "fp1", {"math": "h1", "eq": "h2"}) is None
     assert "another model" in sweep.check_compatible([rec], "fp9", {"math": "h1", "eq": "h2"})
     assert "probes" in sweep.check_compatible([rec], "fp1", {"math": "h1"})
     assert "changed" in sweep.check_compatible([rec], "fp1", {"math": "h1", "eq": "hX"})
-    assert sweep.check_compatible([{"schema": "other"}], "fp9", {}) is None
-
-
-def test_results_paths():
-    p = sweep.results_paths("out/run.jsonl")
-    assert str(p["items"]) == "out/run.items.jsonl"
-    assert str(p["logs"]) == "out/run.logs"
-    assert str(p["summary"]) == "out/run.summary.json"
 
 
 # --------------------------------------------------------------------------- temp hygiene
@@ -370,9 +334,9 @@ def test_stale_temp_files_only_ours_and_dead(tmp_path):
     }
     for n in names:
         (tmp_path / n).write_bytes(b"x")
-    stale = {p.name for p in sweep.stale_temp_files(tmp_path)}
+    stale = {p.name for p in gguf_surgery.stale_temporaries(tmp_path)}
     assert stale == {n for n, is_stale in names.items() if is_stale}
-    removed = sweep.clean_stale_temp(tmp_path)
+    removed = gguf_surgery.remove_stale_temporaries(tmp_path)
     assert {p.name for p in removed} == stale
     assert {p.name for p in tmp_path.iterdir()} == {n for n, s in names.items() if not s}
 
@@ -404,14 +368,15 @@ def test_config_from_record_roundtrip():
     for cfg in (sweep.plan_blocks(N, [3], start_min=4, start_max=4, times=2)[0],
                 sweep.plan_ablate(N)[3],
                 sweep.parse_paths_text("0..5,3..17  # lbl", N)[0]):
-        rec = {"path": cfg.spec, "kind": cfg.kind, "block": cfg.block_dict(), "label": cfg.label}
+        rec = R.SweepRecord(path=cfg.spec, kind=cfg.kind, block=cfg.block, label=cfg.label)
         assert sweep.config_from_record(rec, N) == cfg
-    assert sweep.config_from_record({"path": "0..99", "kind": "custom"}, N) is None
+    assert sweep.config_from_record(R.SweepRecord(path="0..99"), N) is None
 
 
 def test_one_sweep_per_results_file(tmp_path):
     store = sweep.ResultsStore(tmp_path / "r.jsonl")
     store.check_writable()
+    store.create()
     with store.locked():
         with pytest.raises(sweep.SweepError, match="another rys-sweep"):
             with sweep.ResultsStore(tmp_path / "r.jsonl").locked():

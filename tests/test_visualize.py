@@ -226,11 +226,12 @@ def test_no_identity_no_summary_means_unknown_floor(tmp_path):
 def test_truncated_last_line_ignored_with_warning(tmp_path, caplog):
     recs, truth = block_sweep_records()
     f = write_jsonl(tmp_path / "r.jsonl", recs, tail=json.dumps(recs[-1])[:57])
-    with caplog.at_level(logging.WARNING, logger="rys.visualize"):
+    with caplog.at_level(logging.WARNING):
         [s] = viz.load_sweeps([f])
     assert s.n_truncated == 1
     assert len(s.configs) == len(recs)
-    assert any("incomplete" in r.getMessage() for r in caplog.records)
+    warned = [r.getMessage() for r in caplog.records if "cut-off last line" in r.getMessage()]
+    assert len(warned) == 1 and f"line {len(recs) + 1}" in warned[0]
 
 
 def test_retried_error_replaced_by_later_ok(tmp_path):
@@ -520,7 +521,7 @@ def test_watch_rerenders_and_ctrl_c_exits_0(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "incomplete" in err
+    assert "cut-off last line" in err
 
 
 def test_two_models_get_separate_prefixed_outputs(sweep_files, tmp_path, capsys):
