@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,7 +29,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import requests
 
@@ -57,7 +57,8 @@ class EngineError(RuntimeError):
 
 @dataclass
 class ServerSettings:
-    """How servers are started: binary, pass-through arguments and the settings rys adds."""
+    """How servers are started: binary, pass-through arguments, the settings rys adds, and (for
+    one of several sweep workers) its own device arguments or environment."""
 
     binary: str
     extra_args: list[str] = field(default_factory=list)
@@ -66,13 +67,53 @@ class ServerSettings:
     ctx_size: int | None = None
     load_timeout: float = 600.0
     stop_grace: float = 10.0
+    env: dict[str, str] = field(default_factory=dict)
+    name: str = ""  # the worker this is, for messages ("" with one worker)
 
     def server(self, model: str | os.PathLike, log_path: str | os.PathLike | None,
                extra: Sequence[str] = ()) -> LS.LlamaServer:
         return LS.LlamaServer(model, binary=self.binary, extra_args=[*extra, *self.extra_args],
                               host=self.host, parallel=self.parallel, ctx_size=self.ctx_size,
                               log_path=log_path, ready_timeout=self.load_timeout,
-                              stop_grace=self.stop_grace)
+                              stop_grace=self.stop_grace, env=dict(self.env) or None)
+
+
+def worker_settings(base: ServerSettings, devices: Sequence[str] = (), workers: int | None = None,
+                    device_env: str | None = None) -> list[ServerSettings]:
+    """One ServerSettings per sweep worker.
+
+    * nothing: one worker, ``base`` as it is;
+    * ``devices=[CUDA0, CUDA1]``: one worker per device, each server started with
+      ``--device DEV`` (or, with ``device_env="CUDA_VISIBLE_DEVICES"``, with that variable set to
+      the device: ``devices=["0", "1"]``);
+    * ``workers=N``: N workers with the same arguments (several servers on one GPU: one loads the
+      next config while another is probed);
+    * both: N workers spread over the devices in turn.
+    """
+    if workers is not None and workers < 1:
+        raise EngineError(f"--workers must be >= 1, got {workers}")
+    devices = [d.strip() for d in devices if d.strip()]
+    if len(set(devices)) != len(devices):
+        raise EngineError(f"--devices lists a device twice: {','.join(devices)}")
+    n = workers or max(1, len(devices))
+    if devices and device_env is None and LS._has_flag(base.extra_args, "-dev", "--device"):
+        raise EngineError("--devices gives each worker its --device; remove --device from the "
+                          "server arguments")
+    if n > 1 and LS._flag_value(base.extra_args, "--port") is not None:
+        raise EngineError("several workers need one port each: remove --port from the server "
+                          "arguments (rys picks a free port per server)")
+    out = []
+    for k in range(n):
+        extra, env = list(base.extra_args), dict(base.env)
+        if devices:
+            dev = devices[k % len(devices)]
+            if device_env:
+                env[device_env] = dev
+            else:
+                extra = ["--device", dev, *extra]
+        name = "" if n == 1 else f"w{k + 1}" + (f"@{devices[k % len(devices)]}" if devices else "")
+        out.append(dataclasses.replace(base, extra_args=extra, env=env, name=name))
+    return out
 
 
 @dataclass
@@ -93,8 +134,10 @@ class Served:
 class Serving(abc.ABC):
     """One use of an engine for one path (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: Path) -> None:
         self.server_args: list[str] = []
+        self.log_path = log_path  # where the server's log for this config actually is
+        self.started = False  # False after __enter__ failed: the server never answered
         self.served: Served | None = None
         self._stack = contextlib.ExitStack()
 
@@ -104,6 +147,7 @@ class Serving(abc.ABC):
         except BaseException:
             self._stack.close()
             raise
+        self.started = True
         return self.served
 
     def __exit__(self, *exc: object) -> None:
@@ -196,8 +240,8 @@ class PhysicalEngine(Engine):
 
 class _PhysicalServing(Serving):
     def __init__(self, engine: PhysicalEngine, path: list[int] | None, log_path: Path) -> None:
-        super().__init__()
-        self.engine, self.path, self.log_path = engine, path, log_path
+        super().__init__(log_path)
+        self.engine, self.path = engine, path
 
     def _enter(self, stack: contextlib.ExitStack) -> Served:
         e = self.engine
@@ -282,9 +326,11 @@ class VirtualEngine(Engine):
     name = ENGINE_VIRTUAL
 
     def __init__(self, source: gguf_surgery.SourceModel, settings: ServerSettings,
-                 switch_timeout: float = 600.0, **kw) -> None:
+                 switch_timeout: float = 600.0, server_log: str | os.PathLike | None = None,
+                 **kw) -> None:
         super().__init__(source, settings, **kw)
         self.switch_timeout = switch_timeout
+        self.server_log = Path(server_log) if server_log else None
         self.server: LS.LlamaServer | None = None
         self.live_path: list[int] | None = None
         self.identity = layer_path.identity(source.n_layers)
@@ -344,8 +390,9 @@ class VirtualEngine(Engine):
 
 class _VirtualServing(Serving):
     def __init__(self, engine: VirtualEngine, path: list[int], log_path: Path) -> None:
-        super().__init__()
-        self.engine, self.path, self.log_path = engine, path, log_path
+        # one server serves every path: its log is the engine's, not this config's
+        super().__init__(engine.server_log or log_path)
+        self.engine, self.path = engine, path
 
     def _enter(self, stack: contextlib.ExitStack) -> Served:
         e = self.engine
@@ -384,14 +431,6 @@ def make_engine(name: str, source: gguf_surgery.SourceModel, settings: ServerSet
     return PhysicalEngine(source, settings, tmp_dir, **kw)
 
 
-@contextlib.contextmanager
-def serving(engine: Engine, path: Sequence[int] | None,
-            log_path: str | os.PathLike) -> Iterator[Served]:
-    """``with serving(engine, path, log) as served:`` for callers that need no server_args."""
-    with engine.serve(path, log_path) as served:
-        yield served
-
-
 __all__ = ["Engine", "PhysicalEngine", "VirtualEngine", "ServerSettings", "Served", "Serving",
            "NoSpace", "EngineError", "ENGINES", "ENGINE_PHYSICAL", "ENGINE_VIRTUAL",
-           "resolve_engine", "supports_layer_paths", "make_engine", "serving", "json"]
+           "resolve_engine", "supports_layer_paths", "make_engine", "worker_settings"]

@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import requests
 
@@ -202,9 +202,10 @@ def crash_signal(returncode: int | None) -> str | None:
     return CRASH_SIGNALS.get(-returncode)
 
 
-def sets_repack(args: Sequence[str]) -> bool:
+def sets_repack(args: Sequence[str], env: Mapping[str, str] | None = None) -> bool:
     """True when the user already chose repacking (flag or llama.cpp's env var): never override."""
-    return _has_flag(args, *REPACK_FLAGS) or bool(os.environ.get(ENV_REPACK, "").strip())
+    value = (env or {}).get(ENV_REPACK, os.environ.get(ENV_REPACK, ""))
+    return _has_flag(args, *REPACK_FLAGS) or bool(value.strip())
 
 
 def _binary_id(binary: str) -> tuple[str, int, int] | None:
@@ -331,6 +332,8 @@ class LlamaServer:
     log_path: str | os.PathLike | None = None
     ready_timeout: float = 600.0
     stop_grace: float = 10.0
+    #: extra environment for the process (e.g. ``CUDA_VISIBLE_DEVICES`` of one sweep worker)
+    env: Mapping[str, str] | None = None
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     props: dict = field(default_factory=dict, init=False, repr=False)
     load_s: float = field(default=0.0, init=False)
@@ -384,7 +387,7 @@ class LlamaServer:
                 self.port = int(user_port)
             except ValueError:
                 raise ServerError(f"bad --port {user_port!r} in the server arguments") from None
-        user_repack = sets_repack(self.extra_args)
+        user_repack = sets_repack(self.extra_args, self.env)
         self.fallback_args = () if user_repack else remembered_args(self.binary)
         explicit_port = self.port is not None
         try:
@@ -456,6 +459,7 @@ class LlamaServer:
             self._launched_at = time.monotonic()
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env} if self.env else None,
                 start_new_session=True,
                 preexec_fn=(functools.partial(_die_with_parent, os.getpid())
                             if sys.platform.startswith("linux") else None),

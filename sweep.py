@@ -27,6 +27,7 @@ import fcntl
 import logging
 import math
 import os
+import queue
 import shlex
 import signal
 import sys
@@ -759,6 +760,7 @@ class RunOptions:
     refine: int = 0  # top-k to refine around (0: off)
     refine_rounds: int = 2
     refine_times: int | None = None
+    shard: tuple[int, int] | None = None  # (k, n): run the k-th of n parts of the plan (1-based)
 
 
 @dataclass(frozen=True)
@@ -784,6 +786,133 @@ class Measurement:
     server: R.ServerInfo
     started_at: str
     ended_at: str
+    start_failed: bool = False  # the server never answered: maybe the worker, not the config
+
+
+MAX_START_FAILURES = 2  # in a row: a worker whose server keeps failing to start is stopped
+
+
+@dataclass(eq=False)
+class Worker:
+    """One server slot of the sweep: its engine, and how its servers have fared."""
+
+    engine: E.Engine
+    name: str = ""
+    configs: int = 0
+    errors: int = 0
+    start_failures: int = 0  # in a row
+    stopped: str | None = None  # why it was taken out of the sweep
+    failed_jobs: set[int] = field(default_factory=set)  # jobs of the current batch it failed
+    unbooked: bool = False  # its last result is not booked yet: it takes no new job before
+
+    @property
+    def alive(self) -> bool:
+        return self.stopped is None
+
+
+class WorkerPool:
+    """Several workers measuring jobs side by side, each on its own engine (one server each).
+
+    Worker threads live as long as the sweep, so a server a worker keeps between configs (the
+    virtual engine) lives in the thread that started it (PR_SET_PDEATHSIG is per thread). The
+    sweep's main thread submits one batch at a time and records each measurement as it arrives
+    (one writer, completion order). A job whose server did not start is given once to another
+    worker; a worker whose server fails to start MAX_START_FAILURES times in a row is stopped and
+    its jobs go to the others (the last worker standing is never stopped: it records errors).
+    """
+
+    def __init__(self, sweep: "Sweep", workers: list[Worker]) -> None:
+        self.sweep = sweep
+        self.workers = workers
+        self.cond = threading.Condition()
+        self.jobs: list[Job] = []
+        self.pending: list[int] = []
+        self.closing = False
+        self.results: queue.Queue = queue.Queue()
+        self.threads = [threading.Thread(target=self._work, args=(w,), name=f"rys-{w.name}",
+                                         daemon=True) for w in workers]
+        for t in self.threads:
+            t.start()
+
+    def _work(self, w: Worker) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while not self.closing and w.alive and self._next(w) is None:
+                        self.cond.wait(0.5)
+                    if self.closing or not w.alive:
+                        return
+                    n = self._next(w)
+                    assert n is not None
+                    self.pending.remove(n)
+                    w.unbooked = True
+                try:
+                    self.results.put((w, n, self.sweep._measure(self.jobs[n], w.engine), None))
+                except BaseException as exc:  # no space, a bug: the main thread stops the sweep
+                    self.results.put((w, n, None, exc))
+        finally:
+            w.engine.close()  # in the thread that started its servers
+
+    def _next(self, w: Worker) -> int | None:
+        if w.unbooked:
+            return None
+        return next((n for n in self.pending if n not in w.failed_jobs), None)
+
+    def run(self, jobs: list[Job], record: Callable[[Job, Measurement], Outcome]
+            ) -> dict[int, Outcome]:
+        """Measure every job; ``record`` each measurement in the calling thread as it arrives."""
+        with self.cond:
+            self.jobs, self.pending = list(jobs), list(range(len(jobs)))
+            for w in self.workers:
+                w.failed_jobs = set()
+            self.cond.notify_all()
+        done: dict[int, Outcome] = {}
+        while len(done) < len(jobs):
+            try:
+                w, n, m, exc = self.results.get(timeout=0.2)
+            except queue.Empty:
+                if not any(t.is_alive() for t in self.threads):
+                    raise SweepError("every sweep worker has stopped") from None
+                continue
+            if exc is not None:
+                raise exc
+            if self._handed_on(w, n, m):
+                continue
+            w.configs += 1
+            w.errors += m.status != R.OK
+            done[n] = record(jobs[n], m)
+        return done
+
+    def _handed_on(self, w: Worker, n: int, m: Measurement) -> bool:
+        """Book a worker's result; True when the job goes to another worker instead."""
+        with self.cond:
+            w.unbooked = False
+            others = [x for x in self.workers if x.alive and x is not w]
+            again = False
+            if m.start_failed:
+                w.start_failures += 1
+                if others and not any(n in x.failed_jobs for x in self.workers):
+                    w.failed_jobs.add(n)
+                    self.pending.insert(0, n)
+                    again = True
+                if others and w.start_failures >= MAX_START_FAILURES:
+                    w.stopped = f"its server failed to start {w.start_failures} times in a row " \
+                                f"(last: {(m.error or '')[:200]})"
+                    log.warning("worker %s stopped: %s; its configs go to the other workers",
+                                w.name, w.stopped)
+            else:
+                w.start_failures = 0
+            self.cond.notify_all()
+            return again
+
+    def close(self) -> None:
+        """Stop the workers and wait for them: each stops its server and deletes its temp model
+        (after an interrupt their servers are already killed, so this is quick)."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join()
 
 
 @dataclass
@@ -797,11 +926,14 @@ class Sweep:
     """Executes a plan through an engine; one writer owns the results files."""
 
     def __init__(self, opts: RunOptions, source: gguf_surgery.SourceModel, suite: Suite,
-                 engine: E.Engine):
+                 engine: E.Engine | Sequence[E.Engine]):
         self.o = opts
         self.src = source
         self.suite = suite
-        self.engine = engine
+        engines = [engine] if isinstance(engine, E.Engine) else list(engine)
+        self.workers = [Worker(e, e.settings.name) for e in engines]
+        self.engine = engines[0]  # what all workers share: its kind, its binary
+        self.pool: WorkerPool | None = None
         self.store = ResultsStore(opts.results)
         self.weights = parse_weights(opts.weights, suite.names)
         self.chat = source.has_chat_template if opts.chat is None else opts.chat
@@ -811,7 +943,8 @@ class Sweep:
             path=str(Path(source.paths[0]).resolve()))
         self.records: dict[str, SweepRecord] = {}
         self.guard = SignalGuard()
-        engine.shield = self.guard.deferred
+        for e in engines:
+            e.shield = self.guard.deferred
         self.bar: tqdm | None = None
         self.started_at = utc_now()
         self.t0 = time.monotonic()
@@ -873,13 +1006,22 @@ class Sweep:
                 outcomes[n] = Outcome(old, {}, ran=False)
             else:
                 todo.append(n)
-        for n in todo:
-            outcomes[n] = self._record(jobs[n], self._measure(jobs[n]))
+        if self.pool is not None and todo:
+            done = self.pool.run([jobs[n] for n in todo], self._record)
+            for k, n in enumerate(todo):
+                outcomes[n] = done[k]
+        else:
+            w = next(w for w in self.workers if w.alive)
+            for n in todo:
+                m = self._measure(jobs[n], w.engine)
+                w.configs += 1
+                w.errors += m.status != R.OK
+                outcomes[n] = self._record(jobs[n], m)
         return [o for o in outcomes if o is not None]
 
-    def _measure(self, job: Job) -> Measurement:
-        """Serve the job's path, run its probes, and say how it went (never raises for a config
-        that failed; raises for what must stop the sweep: no space, an interrupt)."""
+    def _measure(self, job: Job, eng: E.Engine) -> Measurement:
+        """Serve the job's path on ``eng``, run its probes, and say how it went (never raises for
+        a config that failed; raises for what must stop the sweep: no space, an interrupt)."""
         cfg = job.cfg
         key = self.key(cfg, job.settings)
         started = utc_now()
@@ -888,7 +1030,7 @@ class Sweep:
         status, error = R.OK, None
         results: dict[str, P.ProbeResult] = {}
         surgery_s = load_s = probe_s = 0.0
-        serving = self.engine.serve(None if cfg.original else cfg.path, log_path)
+        serving = eng.serve(None if cfg.original else cfg.path, log_path)
         try:
             with serving as served:
                 surgery_s, load_s = served.surgery_s, served.load_s
@@ -923,12 +1065,12 @@ class Sweep:
             status, error = R.ERROR, f"{type(exc).__name__}: {exc}"
         total_s = time.monotonic() - t0
         server = R.ServerInfo(args=serving.server_args,
-                              version=LS.server_version(self.engine.settings.binary),
-                              log=os.path.relpath(log_path, self.store.path.parent),
-                              engine=self.engine.name)
+                              version=LS.server_version(eng.settings.binary),
+                              log=os.path.relpath(serving.log_path, self.store.path.parent),
+                              engine=eng.name)
         return Measurement(status, error, results if status == R.OK else {},
                            R.Timings(surgery_s, load_s, probe_s, total_s), server, started,
-                           utc_now())
+                           utc_now(), start_failed=status != R.OK and not serving.started)
 
     def _probe(self, served: E.Served, job: Job) -> dict[str, P.ProbeResult]:
         """Run every probe (or only each probe's slice of new items, merged with ``prior``)."""
@@ -1052,17 +1194,20 @@ class Sweep:
         self.store.create()
         self.records = R.latest_by_key(self.store.load())
         self._adopt_existing()
-        plan = dedupe(self.o.plan)
-        with self.store.locked(), self.guard, self.engine:
-            self.guard.on_signal = self.engine.kill
+        plan = self.planned()
+        with self.store.locked(), self.guard:
+            self.guard.on_signal = self.kill
             # no bar when stderr is not a terminal (tqdm's None), none at all with --quiet
             self.bar = tqdm(total=0, desc=PROG, unit="config", file=sys.stderr,
                             disable=True if self.o.quiet else None, dynamic_ncols=True)
+            if len(self.workers) > 1:
+                self.pool = WorkerPool(self, self.workers)
             try:
                 self._run_all(plan)
             except KeyboardInterrupt:
                 self.interrupted = True
             finally:
+                self._close_workers()
                 self.guard.on_signal = None
                 self.bar.close()
                 self.bar = None
@@ -1071,6 +1216,35 @@ class Sweep:
                 self.store.write_summary(summary)
             self.report(summary)
         return EXIT_INTERRUPTED if self.interrupted else 0
+
+    def planned(self) -> list[Config]:
+        """The plan this run measures (besides baseline and identity): deduplicated, and with
+        --shard K/N only the configs whose key falls in part K."""
+        plan = dedupe(self.o.plan)
+        if self.o.shard is None:
+            return plan
+        k, n = self.o.shard
+        dev = self.settings()
+        return [c for c in plan if shard_of(self.key(c, dev), n) == k]
+
+    def kill(self) -> None:
+        """From the signal handler: SIGKILL every worker's server now (in-flight requests then
+        fail at once instead of finishing first)."""
+        for w in self.workers:
+            w.engine.kill()
+
+    def _close_workers(self) -> None:
+        """Stop every server and delete every temp model, whatever happened (an interrupt that
+        arrives meanwhile is held back until this is done)."""
+        with self.guard.deferred():
+            if self.pool is not None:
+                if self.interrupted:
+                    self.kill()
+                self.pool.close()
+                self.pool = None
+            else:
+                for w in self.workers:
+                    w.engine.close()
 
     def _adopt_existing(self) -> None:
         """Full dev records already in the file under the current settings join the leaderboard
@@ -1263,6 +1437,10 @@ class Sweep:
                                    if k != "wall_s"},
             "halving": self.halving_stats,
             "confirm": self.confirm_rows,
+            "engine": self.engine.name,
+            "workers": [{"name": w.name, "configs": w.configs, "errors": w.errors,
+                         "stopped": w.stopped} for w in self.workers],
+            "shard": list(self.o.shard) if self.o.shard else None,
             "interrupted": self.interrupted,
             "started_at": self.started_at,
             "ended_at": utc_now(),
@@ -1305,6 +1483,23 @@ class Sweep:
         out.append(f"next: rys-plot {shlex.quote(str(self.store.path))}")
         for line in out:
             print(line, flush=True)
+
+
+def shard_of(key: str, n: int) -> int:
+    """Which of ``n`` shards (1-based) a config key belongs to: the same on every machine."""
+    return int(key, 16) % n + 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N) with 1 <= K <= N."""
+    k, sep, n = text.partition("/")
+    try:
+        kk, nn = int(k), int(n)
+    except ValueError:
+        kk = nn = 0
+    if not sep or not 1 <= kk <= nn:
+        raise cli.UsageError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/4), got {text!r}")
+    return kk, nn
 
 
 def _delta_json(d: Delta | None) -> dict | None:
@@ -1407,6 +1602,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a healthy server (default 600)")
     s.add_argument("--tmp-dir", metavar="DIR",
                    help="where rewritten models go (default: /dev/shm/rys-<uid>)")
+    w = ap.add_argument_group("several servers (default: one)")
+    w.add_argument("--devices", metavar="LIST",
+                   help="one worker per device, e.g. CUDA0,CUDA1 or Vulkan0,Vulkan1: each worker's "
+                   "server gets --device DEV")
+    w.add_argument("--device-env", metavar="VAR",
+                   help="give each worker its device through this environment variable instead "
+                   "of --device, e.g. --devices 0,1 --device-env CUDA_VISIBLE_DEVICES")
+    w.add_argument("--workers", type=int, metavar="N",
+                   help="N workers (servers) at once; alone: all on the same device(s) (one "
+                   "loads the next config while another is probed); with --devices: spread "
+                   "over them")
+    w.add_argument("--shard", metavar="K/N",
+                   help="run only part K of N of the plan (split by config key, the same on "
+                   "every machine); each machine writes its own -o file, rys-plot merges them")
     o = ap.add_argument_group("run")
     o.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     o.add_argument("--top", type=int, default=10, help="leaderboard size (default 10)")
@@ -1469,11 +1678,17 @@ def filter_refused(plan: list[Config], eng: E.Engine) -> tuple[list[Config], lis
     return ok, refused
 
 
-def print_plan(plan: Sequence[Config], source: gguf_surgery.SourceModel, suite: Suite,
-               args: argparse.Namespace, refused: Sequence[tuple[Config, str]]) -> None:
+def print_plan(sweep: Sweep, args: argparse.Namespace,
+               refused: Sequence[tuple[Config, str]]) -> None:
+    source, suite, plan = sweep.src, sweep.suite, sweep.planned()
     print(f"model: {source.paths[0]} ({source.arch}, {source.n_layers} layers, "
           f"{source.file_size / 2**20:.0f} MiB)")
     print(f"probes: {suite.spec()} (split {args.split}, mode {args.mode})")
+    print(f"engine: {sweep.engine.name}; workers: "
+          + (", ".join(w.name for w in sweep.workers) if len(sweep.workers) > 1 else "1"))
+    if sweep.o.shard:
+        print(f"shard {sweep.o.shard[0]}/{sweep.o.shard[1]}: {len(plan)} of the plan's "
+              f"{len(dedupe(sweep.o.plan))} configs")
     print(f"plan: baseline + identity + {len(plan)} configs")
     print(f"  {'baseline':<14} original file, no surgery")
     print(f"  {'identity':<14} {identity_config(source.n_layers).spec}")
@@ -1522,10 +1737,12 @@ def _main(argv: Sequence[str]) -> int:
     if sweep is None:
         return 0  # --dry-run printed the plan
     if not args.quiet:
+        workers = f", {len(sweep.workers)} workers" if len(sweep.workers) > 1 else ""
+        shard = f", shard {sweep.o.shard[0]}/{sweep.o.shard[1]}" if sweep.o.shard else ""
         print(f"{PROG}: {Path(sweep.src.paths[0]).name} ({sweep.src.arch}, {sweep.src.n_layers} "
-              f"layers), {len(sweep.o.plan)} configs + baseline + identity, probes "
-              f"{sweep.suite.spec()}, engine {sweep.engine.name}, results {sweep.store.path}",
-              flush=True)
+              f"layers), {len(sweep.planned())} configs + baseline + identity, probes "
+              f"{sweep.suite.spec()}, engine {sweep.engine.name}{workers}{shard}, results "
+              f"{sweep.store.path}", flush=True)
     return sweep.run()
 
 
@@ -1582,22 +1799,45 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
     except (LS.ServerError, E.EngineError) as exc:
         raise _usage(str(exc)) from None
     ctx = args.ctx_size or (None if _sets_ctx(extra) else DEFAULT_CTX_PER_SLOT * args.parallel)
-    settings = E.ServerSettings(binary=binary, extra_args=extra, host=args.host,
-                                parallel=args.parallel, ctx_size=ctx,
-                                load_timeout=args.load_timeout)
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.device_env and not args.devices:
+        raise _usage("--device-env needs --devices (the values to give each worker)")
+    try:
+        per_worker = E.worker_settings(
+            E.ServerSettings(binary=binary, extra_args=extra, host=args.host,
+                             parallel=args.parallel, ctx_size=ctx,
+                             load_timeout=args.load_timeout),
+            (args.devices or "").split(",") if args.devices else (), args.workers,
+            args.device_env)
+    except E.EngineError as exc:
+        raise _usage(str(exc)) from None
     tmp_dir = _tmp_dir(args) if engine_name == R.ENGINE_PHYSICAL else None
-    eng = E.make_engine(engine_name, source, settings, tmp_dir)
+    results = Path(args.output) if args.output else Path("rys-results") / f"{model.stem}.jsonl"
+    logs = R.results_paths(results)["logs"]
+    engines = [E.make_engine(engine_name, source, ws, tmp_dir,
+                             **({"server_log": logs / f"virtual-{ws.name or 'server'}.log"}
+                                if engine_name == E.ENGINE_VIRTUAL else {}))
+               for ws in per_worker]
+    eng = engines[0]
     plan, refused = filter_refused(plan, eng)
     for c, why in refused:
         log.warning("skipping %s: refused: %s", c.spec, why)
     if not plan:
         raise _usage("the plan is empty" + (f" (all {len(refused)} configs refused: "
                                             f"{refused[0][1]})" if refused else ""))
+    opts = RunOptions(
+        model=model, results=results, plan=plan, probes=args.probes, split=args.split,
+        mode=args.mode, no_think=args.no_think, weights=args.weights, limit=args.limit,
+        item_timeout=args.item_timeout, top=args.top,
+        quiet=args.quiet, force=args.force, retry_errors=args.retry_errors, confirm=args.confirm,
+        halving=args.halving, halving_min_items=args.halving_min_items, refine=args.refine,
+        refine_rounds=args.refine_rounds, shard=shard,
+    )
+    sweep = Sweep(opts, source, suite, engines)
     if args.dry_run:
-        print_plan(plan, source, suite, args, refused)
+        print_plan(sweep, args, refused)
         return None
-    results = Path(args.output) if args.output else Path("rys-results") / f"{model.stem}.jsonl"
-    store = ResultsStore(results)
+    store = sweep.store
     try:
         store.check_writable()
     except SweepError as exc:
@@ -1612,22 +1852,14 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         created = not eng.tmp_dir.exists()
         eng.tmp_dir.mkdir(parents=True, exist_ok=True)
         gguf_surgery.remove_stale_temporaries(eng.tmp_dir)
-        try:
-            eng.check_space([c.path for c in plan])
+        try:  # every worker may hold a rewritten model at the same time
+            eng.check_space([c.path for c in plan], copies=len(engines))
         except E.NoSpace as exc:
             if created:
                 with contextlib.suppress(OSError):
                     eng.tmp_dir.rmdir()
             raise _usage(str(exc)) from None
-    opts = RunOptions(
-        model=model, results=results, plan=plan, probes=args.probes, split=args.split,
-        mode=args.mode, no_think=args.no_think, weights=args.weights, limit=args.limit,
-        item_timeout=args.item_timeout, top=args.top,
-        quiet=args.quiet, force=args.force, retry_errors=args.retry_errors, confirm=args.confirm,
-        halving=args.halving, halving_min_items=args.halving_min_items, refine=args.refine,
-        refine_rounds=args.refine_rounds,
-    )
-    return Sweep(opts, source, suite, eng)
+    return sweep
 
 
 def _tmp_dir(args: argparse.Namespace) -> Path:

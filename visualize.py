@@ -147,6 +147,8 @@ class Sweep:
     n_bad_lines: int = 0
     n_truncated: int = 0
     n_skipped: int = 0                         # records in neither format
+    n_summaries: int = 0                       # sweep summaries the noise floor came from
+    baselines: list[tuple[str, float | None]] = field(default_factory=list)  # (file, combined)
     source_n_layers: int | None = None
     model: R.ModelInfo = field(default_factory=R.ModelInfo)
 
@@ -511,10 +513,18 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
         if other:
             log.warning("%s: %d record(s) in neither format skipped", path, other)
         if fmt == "rys":
+            # several files of one model (shards of one sweep, or a sweep plus an ablation):
+            # each measured its own noise; the merged view takes the largest floor per probe
             summ = R.read_summary_noise(summary_path_for(path))
-            if summ and g.noise_source in ("unknown", "identity"):
-                g.noise_floor = {**summ}
-                g.noise_source = "summary"
+            if summ:
+                for k, v in summ.items():
+                    g.noise_floor[k] = max(v, g.noise_floor.get(k, 0.0))
+                g.n_summaries += 1
+                g.noise_source = "summary" if g.n_summaries == 1 else \
+                    f"largest of {g.n_summaries} summaries"
+            base = next((r for r in rys if r.kind == R.Kind.BASELINE and r.ok), None)
+            if base is not None:
+                g.baselines.append((str(path), base.combined))
     # labels must be unique: they name output files
     seen: dict[str, int] = {}
     out = []
@@ -528,8 +538,13 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
                 if n not in names:
                     names.append(n)
         g.probe_names = names
+        combined = {round(c, 9) for _, c in g.baselines if c is not None}
+        if len(combined) > 1:
+            log.warning("%s: the files measured different baselines (combined %s): each config's "
+                        "delta is against its own file's baseline; the table shows the last one",
+                        g.label, ", ".join(f"{c:.4f}" for c in sorted(combined)))
         ident = _noise_from_identity(g.identity)
-        if g.noise_source == "summary":
+        if g.n_summaries:
             extra = {k: v for k, v in ident.items() if k not in g.noise_floor}
             if extra:
                 g.noise_floor.update(extra)

@@ -16,7 +16,10 @@ and compared pair by pair, since the load on a shared machine drifts:
    so no run finds another's prompt cache; for the default suite (--probes) and
 4. for a generation-heavy probe (--gen-probes). The server log's token counts are printed: on CPU
    mostly decoding gains from batching, and a slot that starts on a probe processes its few-shot
-   prefix again.
+   prefix again;
+5. configs per hour of one plan with 1 worker (all CPU threads) against 2 workers (half the
+   threads each), alternating; on a GPU, pass --server-args "-ngl 99" to see two servers share
+   one GPU (one loads while the other is probed).
 
 Targets: non-probe time per config <= 1.5x the bare start; concurrent throughput >= 1.6x
 sequential; the reference harness needed 222 s per config.
@@ -30,6 +33,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
 import re
 import shlex
 import statistics
@@ -82,19 +87,24 @@ def bare_start(binary: str, model: Path, parallel: int, ctx: int, extra: list[st
 
 
 def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: str,
-              workdir: Path, n_layers: int, extra: list[str]) -> list[R.SweepRecord]:
-    plan = [sweep.block_config(4, 7, n_layers), sweep.block_config(8, 11, n_layers)]
-    settings = E.ServerSettings(binary=binary, parallel=parallel, ctx_size=ctx,
-                                extra_args=list(extra))
-    opts = sweep.RunOptions(model=model, results=workdir / "bench.jsonl", plan=plan,
+              workdir: Path, n_layers: int, extra: list[str], plan: list | None = None,
+              workers: int = 1, name: str = "bench") -> tuple[list[R.SweepRecord], dict]:
+    """A sweep through the real runner: (its records, its summary)."""
+    plan = plan or [sweep.block_config(4, 7, n_layers), sweep.block_config(8, 11, n_layers)]
+    base = E.ServerSettings(binary=binary, parallel=parallel, ctx_size=ctx,
+                            extra_args=list(extra))
+    opts = sweep.RunOptions(model=model, results=workdir / f"{name}.jsonl", plan=plan,
                             probes=probes_spec, quiet=True)
-    (workdir / "tmp").mkdir()
+    tmp = workdir / f"{name}-tmp"
+    tmp.mkdir()
     source = gguf_surgery.SourceModel.open(model)
     suite = sweep.Suite.resolve(probes_spec, "dev", None)
-    eng = E.PhysicalEngine(source, settings, workdir / "tmp")
+    engines = [E.PhysicalEngine(source, ws, tmp)
+               for ws in E.worker_settings(base, workers=workers)]
     with contextlib.redirect_stdout(io.StringIO()):  # the sweep's own report
-        sweep.Sweep(opts, source, suite, eng).run()
-    return R.read_records(opts.results).records
+        sweep.Sweep(opts, source, suite, engines).run()
+    summary = json.loads(R.results_paths(opts.results)["summary"].read_text())
+    return R.read_records(opts.results).records, summary
 
 
 STRATEGIES = {
@@ -178,8 +188,8 @@ def section_overhead(src, model: Path, binary: str, args, ctx: int, work: Path,
 
 def section_split(src, model: Path, binary: str, args, ctx: int, work: Path,
                   extra: list[str]) -> None:
-    recs = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work, src.n_layers,
-                     extra)
+    recs, _ = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work, src.n_layers,
+                        extra)
     print(f"\n2. a small sweep, probes {args.sweep_probes}: time split per config (seconds)")
     print(f"   {'config':<16}{'surgery':>9}{'load':>8}{'probes':>9}{'stop+rm':>9}{'total':>8}")
     for r in recs:
@@ -216,6 +226,31 @@ def section_throughput(label: str, spec: str, model: Path, binary: str, args, ct
     print("   (target: rys-sweep >= 1.6x one request at a time)")
 
 
+def section_workers(src, model: Path, binary: str, args, ctx: int, work: Path,
+                    extra: list[str]) -> None:
+    """Configs per hour of the same plan with 1 worker (all threads) and 2 workers (half the
+    threads each), alternating A, B, A, B on fresh results files."""
+    threads = os.cpu_count() or 2
+    plan = sweep.plan_blocks(src.n_layers, [3], stride=3, start_min=2, start_max=11)
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for rep in range(args.reps if args.reps > 1 else 1):
+        for workers in ((1, 2) if rep % 2 == 0 else (2, 1)):
+            t = ["-t", str(max(1, threads // workers))]
+            t0 = time.monotonic()
+            recs, summ = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work,
+                                   src.n_layers, [*extra, *t], plan, workers,
+                                   name=f"w{workers}-{rep}")
+            wall = time.monotonic() - t0
+            rates[workers].append(len(recs) / wall * 3600)
+    print(f"\n5. configs per hour, {len(plan)} configs + baseline + identity, probes "
+          f"{args.sweep_probes}; 1 worker with -t {threads} vs 2 workers with -t "
+          f"{max(1, threads // 2)} each:")
+    for w in (1, 2):
+        print(f"   {w} worker{'s' if w > 1 else ' '}: " + ", ".join(f"{r:6.0f}" for r in rates[w]))
+    ratio = [b / a for a, b in zip(rates[1], rates[2])]
+    print(f"   2 workers / 1 worker: median {statistics.median(ratio):.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="GGUF (default: the demo model)")
@@ -233,16 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-args", default="--swa-full",
                     help="extra llama-server arguments for every server (default: --swa-full, "
                     "as the demo sweep uses; '' for none)")
-    ap.add_argument("--sections", default="1,2,3,4",
-                    help="which parts to run (default 1,2,3,4: overhead, time split, "
-                    "throughput on --probes, throughput on --gen-probes)")
+    ap.add_argument("--sections", default="1,2,3,4,5",
+                    help="which parts to run (default 1,2,3,4,5: overhead, time split, "
+                    "throughput on --probes, throughput on --gen-probes, 1 vs 2 workers)")
     args = ap.parse_args(argv)
     try:
         sections = {int(x) for x in args.sections.split(",") if x.strip()}
     except ValueError:
-        ap.error(f"--sections: comma-separated numbers 1-4, got {args.sections!r}")
-    if not sections or not sections <= {1, 2, 3, 4}:
-        ap.error(f"--sections: comma-separated numbers 1-4, got {args.sections!r}")
+        ap.error(f"--sections: comma-separated numbers 1-5, got {args.sections!r}")
+    if not sections or not sections <= {1, 2, 3, 4, 5}:
+        ap.error(f"--sections: comma-separated numbers 1-5, got {args.sections!r}")
     extra = shlex.split(args.server_args)
     model = Path(args.model) if args.model else LS.demo_model_path()
     binary = LS.find_llama_server()
@@ -258,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             section_overhead(src, model, binary, args, ctx, Path(d), extra)
         if 2 in sections:
             section_split(src, model, binary, args, ctx, Path(d), extra)
+        if 5 in sections:
+            section_workers(src, model, binary, args, ctx, Path(d), extra)
     for label, spec in (("3", args.probes), ("4", args.gen_probes)):
         if int(label) in sections and spec:
             section_throughput(label, spec, model, binary, args, ctx, extra)

@@ -66,9 +66,9 @@ class FakeEngine(E.Engine):
 
     name = "physical"
 
-    def __init__(self, fakes: "Fakes", source):
-        super().__init__(source, E.ServerSettings(binary="fake"))
-        self.fakes = fakes
+    def __init__(self, fakes: "Fakes", source, name: str = "", fail_start: bool = False):
+        super().__init__(source, E.ServerSettings(binary="fake", name=name))
+        self.fakes, self.fail_start, self.started = fakes, fail_start, 0
 
     def check(self, path):
         pass
@@ -78,6 +78,10 @@ class FakeEngine(E.Engine):
 
         class _Serving(E.Serving):
             def _enter(self, stack):
+                fakes.started += 1
+                if fakes.fail_start:
+                    raise LS.ServerExited("llama-server exited while loading with exit code -11",
+                                          -11, "ggml_cuda_init: no CUDA devices")
                 url = f"http://fake:{next(fakes.fakes.ports)}"
                 srv = FakeServer(url)
                 fakes.fakes.served[url] = (tuple(range(N)) if path is None else tuple(path), srv)
@@ -86,7 +90,7 @@ class FakeEngine(E.Engine):
                 self.server_args = ["--model", "fake"]
                 return E.Served(url, 1, srv, 0.01, 0.01)
 
-        return _Serving()
+        return _Serving(Path(log_path))
 
 
 class Fakes:
@@ -135,12 +139,13 @@ def env(monkeypatch, tmp_path):
     return fakes, src, tmp_path
 
 
-def run(src, tmp: Path, plan, capsys=None, fakes: Fakes | None = None, **kw) -> int:
+def run(src, tmp: Path, plan, capsys=None, fakes: Fakes | None = None, engines=None,
+        results: str = "r.jsonl", **kw) -> int:
     probes = kw.pop("probes", "reasoning:20")
     suite = sweep.Suite.resolve(probes, kw.get("split", "dev"), kw.get("limit"))
-    opts = sweep.RunOptions(model=src.paths[0], results=tmp / "r.jsonl", plan=plan,
+    opts = sweep.RunOptions(model=src.paths[0], results=tmp / results, plan=plan,
                             probes=probes, quiet=True, **kw)
-    return sweep.Sweep(opts, src, suite, FakeEngine(fakes or _FAKES[-1], src)).run()
+    return sweep.Sweep(opts, src, suite, engines or FakeEngine(fakes or _FAKES[-1], src)).run()
 
 
 _FAKES: list[Fakes] = []
@@ -317,3 +322,135 @@ def test_other_model_refused_unless_forced(env):
     with pytest.raises(sweep.SweepError, match="another model"):
         run(src, tmp, plan)
     assert run(src, tmp, plan, force=True) == 0
+
+
+# --------------------------------------------------------------------------- several workers
+
+
+def _by_key(tmp: Path, name: str = "r.jsonl") -> dict:
+    return {r["key"]: r for r in R.read_jsonl(tmp / name).objects}
+
+
+def test_two_workers_record_every_config_once_and_agree_with_one(env):
+    fakes, src, tmp = env
+    plan = blocks(*[(i, i + 3) for i in range(0, 10)])
+    assert run(src, tmp, plan, results="one.jsonl", confirm=2, refine=1) == 0
+    two = [FakeEngine(fakes, src, "w1"), FakeEngine(fakes, src, "w2")]
+    assert run(src, tmp, plan, results="two.jsonl", confirm=2, refine=1, engines=two) == 0
+    one_recs, two_recs = records_of(tmp, "one.jsonl"), records_of(tmp, "two.jsonl")
+    assert len(two_recs) == len({r["key"] for r in two_recs})  # each config once
+    assert {r["key"] for r in one_recs} == {r["key"] for r in two_recs}
+    # the baseline first, alone; then the identity and the plan; confirm's baseline before its top
+    assert two_recs[0]["kind"] == "baseline"
+    conf = [r["confirm"]["kind"] for r in two_recs if r["kind"] == "confirm"]
+    assert conf[0] == "baseline"
+    s1 = json.loads((tmp / "one.summary.json").read_text())
+    s2 = json.loads((tmp / "two.summary.json").read_text())
+    assert [e["key"] for e in s1["leaderboard"]] == [e["key"] for e in s2["leaderboard"]]
+    assert all(w["configs"] > 0 for w in s2["workers"])  # both did work
+    assert sum(w["configs"] for w in s2["workers"]) == len(two_recs)
+    assert fakes.served == {}
+
+
+def records_of(tmp: Path, name: str) -> list[dict]:
+    return R.read_jsonl(tmp / name).objects
+
+
+def test_halving_with_two_workers_matches_one(env, monkeypatch):
+    fakes, src, tmp = env
+    monkeypatch.setitem(SKILL, tuple(layer_path.duplicate(6, 9, N)), 1.0)
+    plan = blocks(*[(i, i + 3) for i in range(0, 10)])
+    opts = dict(probes="reasoning:27", halving=3, halving_min_items=3)
+    assert run(src, tmp, plan, results="one.jsonl", **opts) == 0
+    two = [FakeEngine(fakes, src, "w1"), FakeEngine(fakes, src, "w2")]
+    assert run(src, tmp, plan, results="two.jsonl", engines=two, **opts) == 0
+    assert set(_by_key(tmp, "one.jsonl")) == set(_by_key(tmp, "two.jsonl"))
+    s1 = json.loads((tmp / "one.summary.json").read_text())
+    s2 = json.loads((tmp / "two.summary.json").read_text())
+    assert s1["halving"] == s2["halving"]
+    assert [e["key"] for e in s1["leaderboard"]] == [e["key"] for e in s2["leaderboard"]]
+
+
+def test_a_worker_whose_server_never_starts_is_stopped_and_the_others_finish(env):
+    fakes, src, tmp = env
+    plan = blocks(*[(i, i + 3) for i in range(0, 8)])
+    broken = FakeEngine(fakes, src, "w1@CUDA0", fail_start=True)
+    good = FakeEngine(fakes, src, "w2@CUDA1")
+    assert run(src, tmp, plan, engines=[broken, good]) == 0
+    recs = records(tmp)
+    assert len(recs) == 10 and all(r["status"] == "ok" for r in recs)  # nothing lost to it
+    assert broken.started == sweep.MAX_START_FAILURES  # then it was taken out
+    summ = json.loads((tmp / "r.summary.json").read_text())
+    w1, w2 = summ["workers"]
+    assert w1["stopped"] and "failed to start 2 times" in w1["stopped"] and w1["configs"] == 0
+    assert w2["stopped"] is None and w2["configs"] == 10
+
+
+def test_a_config_that_fails_everywhere_is_one_error_record(env):
+    """A failed start is tried once more on another worker; failing there too, it is the
+    config's fault: one error record, and no worker is blamed for it alone."""
+    fakes, src, tmp = env
+
+    class Picky(FakeEngine):
+        def serve(self, path, log_path):
+            if path is not None and tuple(path) == tuple(layer_path.duplicate(3, 6, N)):
+                self.fail_start = True
+            else:
+                self.fail_start = False
+            return super().serve(path, log_path)
+
+    plan = blocks((0, 3), (3, 6), (6, 9))
+    ws = [Picky(fakes, src, "w1"), Picky(fakes, src, "w2")]
+    assert run(src, tmp, plan, engines=ws) == 0
+    recs = records(tmp)
+    bad = [r for r in recs if r["status"] == "error"]
+    assert len(recs) == 5 and len(bad) == 1 and bad[0]["block"]["i"] == 3
+    assert "while loading" in bad[0]["error"]
+    summ = json.loads((tmp / "r.summary.json").read_text())
+    assert all(w["stopped"] is None for w in summ["workers"])
+
+
+def test_interrupt_with_two_workers_then_resume(env):
+    fakes, src, tmp = env
+    plan = blocks(*[(i, i + 3) for i in range(0, 10)])
+    fakes.interrupt_at = 6
+    two = [FakeEngine(fakes, src, "w1"), FakeEngine(fakes, src, "w2")]
+    assert run(src, tmp, plan, engines=two) == sweep.EXIT_INTERRUPTED
+    assert fakes.served == {}  # every worker's serving was cleaned up
+    fakes.interrupt_at = None
+    two = [FakeEngine(fakes, src, "w1"), FakeEngine(fakes, src, "w2")]
+    assert run(src, tmp, plan, engines=two) == 0
+    keys = [r["key"] for r in records(tmp)]
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_shards_split_the_plan_by_key_and_cover_it(env):
+    fakes, src, tmp = env
+    plan = blocks(*[(i, i + 3) for i in range(0, 10)])
+    for k in (1, 2):
+        assert run(src, tmp, plan, results=f"s{k}.jsonl", shard=(k, 2)) == 0
+    s1, s2 = _by_key(tmp, "s1.jsonl"), _by_key(tmp, "s2.jsonl")
+    plan1 = {k for k, r in s1.items() if r["kind"] == "block"}
+    plan2 = {k for k, r in s2.items() if r["kind"] == "block"}
+    assert plan1 and plan2 and not plan1 & plan2
+    assert run(src, tmp, plan, results="all.jsonl") == 0
+    full = {k for k, r in _by_key(tmp, "all.jsonl").items() if r["kind"] == "block"}
+    assert plan1 | plan2 == full
+    # each shard measured its own baseline and identity (same keys: one model, one setting)
+    assert {r["kind"] for r in s1.values()} >= {"baseline", "identity"}
+    assert all(sweep.shard_of(k, 2) == 1 for k in plan1)
+
+
+def test_rys_plot_merges_shards_into_the_full_plan(env):
+    import visualize
+
+    fakes, src, tmp = env
+    plan = blocks(*[(i, i + 3) for i in range(0, 10)])
+    for k in (1, 2):
+        assert run(src, tmp, plan, results=f"s{k}.jsonl", shard=(k, 2)) == 0
+    (merged,) = visualize.load_sweeps([tmp / "s1.jsonl", tmp / "s2.jsonl"])
+    got = {c.path for c in merged.configs if c.kind == "block"}
+    assert got == {c.spec for c in plan}
+    assert merged.noise_source == "largest of 2 summaries"
+    floors = [json.loads((tmp / f"s{k}.summary.json").read_text())["noise_floor"] for k in (1, 2)]
+    assert merged.noise_floor["combined"] == max(f["combined"] for f in floors)

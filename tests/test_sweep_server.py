@@ -461,3 +461,113 @@ def test_sweep_on_a_binary_that_always_crashes(demo_model, llama_server_bin, wor
     assert len(launches.read_text().splitlines()) == 2  # exactly one retry
     assert list(work["tmp"].iterdir()) == []
     assert not (tmp_path / "cache" / LS.VERDICTS_FILE).exists()
+
+
+# --------------------------------------------------------------------------- several servers
+
+# Two block configs on top of the paths file's two: four configs for two workers to share.
+MORE = ["--block-sizes", "3", "--start-min", "4", "--start-max", "8", "--stride", "4"]
+ONE_THREAD = ["--server-args", "-t 1"]
+
+
+@pytest.mark.server
+def test_two_workers_record_each_config_once_like_one_worker(demo_model, llama_server_bin, work,
+                                                            tmp_path):
+    one = tmp_path / "one" / "r.jsonl"
+    argv = _argv(demo_model, work, "--llama-server", llama_server_bin, *MORE, *ONE_THREAD)
+    assert sweep.main(argv) == 0
+    assert sweep.main([*argv[:argv.index("-o") + 1], str(one),
+                       *argv[argv.index("-o") + 2:], "--workers", "2"]) == 0
+    two_recs, one_recs = _records(one), _records(work["out"])
+    keys = [r["key"] for r in two_recs]
+    assert len(keys) == len(set(keys)) == 6 and set(keys) == {r["key"] for r in one_recs}
+    assert two_recs[0]["kind"] == "baseline" and all(r["status"] == "ok" for r in two_recs)
+    board = [e["key"] for e in json.loads(one.with_name("r.summary.json").read_text())["leaderboard"]]
+    assert set(board) == {e["key"] for e in
+                          json.loads(work["out"].with_name("r.summary.json").read_text())["leaderboard"]}
+    summ = json.loads(one.with_name("r.summary.json").read_text())
+    assert [w["name"] for w in summ["workers"]] == ["w1", "w2"]
+    assert all(w["configs"] >= 1 for w in summ["workers"])
+    assert list(work["tmp"].iterdir()) == []
+
+
+@pytest.mark.server
+def test_two_workers_kill_9_then_resume(demo_model, llama_server_bin, work):
+    argv = _argv(demo_model, work, "--llama-server", llama_server_bin, *MORE, *ONE_THREAD,
+                 "--workers", "2")
+    proc = _spawn(argv)
+    try:
+        _wait_for(lambda: work["out"].exists() and len(_records(work["out"])) >= 1, 600,
+                  "the baseline")
+        _wait_for(lambda: len(_servers_of(proc.pid)) == 2, 300, "both workers' servers")
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _wait_for(lambda: _servers_of(proc.pid) == [], 15, "the orphan servers to die")
+    rerun = _spawn(argv)
+    out, err = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, err
+    keys = [r["key"] for r in _records(work["out"])]
+    assert len(keys) == len(set(keys)) == 6, "a config was lost or duplicated"
+    assert list(work["tmp"].iterdir()) == []  # the killed sweep's temp models were removed
+    assert _servers_of(rerun.pid) == []
+
+
+# A worker on a device that does not work: the stand-in dies while loading whenever its
+# worker's RYS_TEST_DEVICE is "broken", else it is the real llama-server.
+BROKEN_DEVICE = """#!/bin/sh
+case "$1" in --version|--help) exec "$REAL" "$@" ;; esac
+if [ "$RYS_TEST_DEVICE" = broken ]; then
+  echo "$*" >> "$LAUNCHES"; echo "ggml_backend: device broken not found"; exit 1
+fi
+exec "$REAL" "$@"
+"""
+
+
+@pytest.mark.server
+def test_a_worker_that_cannot_start_leaves_the_plan_to_the_other(demo_model, llama_server_bin,
+                                                                 work, tmp_path):
+    binary = tmp_path / "llama-server-devices"
+    binary.write_text(BROKEN_DEVICE)
+    binary.chmod(0o755)
+    launches = tmp_path / "launches"
+    argv = _argv(demo_model, work, "--llama-server", str(binary), *MORE, *ONE_THREAD,
+                 "--devices", "broken,ok", "--device-env", "RYS_TEST_DEVICE")
+    p = subprocess.run([sys.executable, SWEEP, *argv], capture_output=True, text=True,
+                       env={**os.environ, "REAL": llama_server_bin, "LAUNCHES": str(launches)},
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    recs = _records(work["out"])
+    assert len(recs) == 6 and all(r["status"] == "ok" for r in recs)
+    summ = json.loads(work["out"].with_name("r.summary.json").read_text())
+    broken, ok = summ["workers"]
+    assert broken["name"] == "w1@broken" and broken["stopped"] and broken["configs"] == 0
+    assert ok["configs"] == 6 and ok["stopped"] is None
+    assert len(launches.read_text().splitlines()) == 2  # stopped after two failed starts
+    assert "worker w1@broken stopped" in p.stderr
+    assert list(work["tmp"].iterdir()) == []
+
+
+@pytest.mark.server
+def test_two_shards_merged_by_rys_plot_are_the_whole_plan(demo_model, llama_server_bin, work,
+                                                          tmp_path):
+    import visualize
+
+    outs = []
+    for k in (1, 2):
+        out = tmp_path / f"shard{k}" / "r.jsonl"
+        argv = _argv(demo_model, work, "--llama-server", llama_server_bin, *MORE)
+        argv[argv.index("-o") + 1] = str(out)
+        assert sweep.main([*argv, "--shard", f"{k}/2"]) == 0
+        outs.append(out)
+    (merged,) = visualize.load_sweeps(outs)
+    plan = {r["path"] for o in outs for r in _records(o) if r["kind"] not in ("baseline", "identity")}
+    assert {c.path for c in merged.configs if c.kind not in ("baseline", "identity")} == plan
+    assert len(plan) == 4  # the four configs, each in exactly one shard
+    shard_plans = [{r["key"] for r in _records(o) if r["kind"] not in ("baseline", "identity")}
+                   for o in outs]
+    assert shard_plans[0] and shard_plans[1] and not shard_plans[0] & shard_plans[1]
+    assert visualize.main([str(outs[0]), str(outs[1]), "--format", "json", "--no-plots"]) == 0
