@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
+import shlex
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -55,7 +57,68 @@ class ArgumentParser(argparse.ArgumentParser):
             self.add_argument("--version", action="version", version=version())
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            message += self._suggestions(message.split(":", 1)[1].split())
         raise UsageError(message)
+
+    def _suggestions(self, unknown: Sequence[str]) -> str:
+        """`` (did you mean --probes?)`` for misspelt options: abbreviations are off, so say
+        what the user probably meant."""
+        known = list(self._option_string_actions)
+        hints = []
+        for tok in unknown:
+            if not tok.startswith("-"):
+                continue
+            name = tok.split("=", 1)[0]
+            close = [k for k in known if k.startswith(name) and k != name] or \
+                difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+            if close:
+                hints.append(f"{name}: did you mean {close[0]}?")
+        return f" ({'; '.join(hints)})" if hints else ""
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(self.join_dashed_values(argv), namespace)
+
+    def _all_options(self) -> set[str]:
+        """Option strings of this parser and its subcommands (rys-eval run ...)."""
+        out = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    out |= set(sub._option_string_actions)
+        return out
+
+    #: options whose value is itself a command line (``--server-args "--swa-full"``)
+    dashed_value_options: tuple[str, ...] = ()
+
+    def join_dashed_values(self, argv: list[str]) -> list[str]:
+        """Let a pass-through option take a value that starts with a dash, as written.
+
+        argparse reads ``--server-args --swa-full`` as two options and fails ("expected one
+        argument"); here the value is joined to its option (``--server-args=--swa-full``). The
+        value runs until the next option this parser knows, so the reference project's
+        ``--server-args --device Vulkan1,Vulkan2 --stride 1`` works too."""
+        out: list[str] = []
+        known = self._all_options()
+        k = 0
+        while k < len(argv):
+            tok = argv[k]
+            if tok in self.dashed_value_options and k + 1 < len(argv) \
+                    and argv[k + 1].startswith("-") and argv[k + 1] != "--":
+                j = k + 1
+                value = []
+                while j < len(argv) and argv[j] != "--" and (
+                        j == k + 1 or argv[j].split("=", 1)[0] not in known):
+                    value.append(argv[j])
+                    j += 1
+                out.append(f"{tok}={shlex.join(value) if len(value) > 1 else value[0]}")
+                k = j
+                continue
+            out.append(tok)
+            k += 1
+        return out
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:

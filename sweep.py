@@ -561,6 +561,7 @@ class ResultsStore:
         self.logs_dir: Path = paths["logs"]
         self.summary_path: Path = paths["summary"]
         self._items_cache: dict[str, dict[str, list[dict]]] = {}
+        self._warned = False
 
     def check_writable(self) -> None:
         """SweepError unless the results can be written here. Creates nothing: a run refused
@@ -597,7 +598,11 @@ class ResultsStore:
             raise SweepError(f"cannot write results to {self.path}: {exc.strerror or exc}") from None
 
     def read(self, repair: bool = False) -> R.RecordsFile:
-        return R.read_records(self.path, repair=repair)
+        """The results file's records; what is wrong with it (a bad line, a cut-off last line) is
+        warned about once per store, however often it is read (check, resume, dry run)."""
+        got = R.read_records(self.path, repair=repair, warn=not self._warned)
+        self._warned = True
+        return got
 
     def load(self) -> list[SweepRecord]:
         """The records, the files repaired for appending (a cut-off last line removed)."""
@@ -1431,6 +1436,9 @@ class Sweep:
                 "combined_delta": _delta_json(R.combined_delta(ident.delta, self.weights))},
             "noise_floor": nf,
             "leaderboard": board,
+            "verdict": R.verdict(board[0]["config"] if board else None,
+                                 _delta_obj(board[0]["combined_delta"]) if board else None,
+                                 nf.get(R.COMBINED)),
             "counts": dict(self.counts),
             "timings": sums,
             "timings_per_config": {k: round(v / ran, 3) for k, v in sums.items()
@@ -1455,10 +1463,15 @@ class Sweep:
         if nf:
             out.append("noise floor (identity vs baseline, max(|delta|, 2*stderr)): "
                        + "  ".join(f"{k} {v:.3f}" for k, v in nf.items()))
+            note = R.noise_note(nf)
+            if note:
+                out.append(f"note: {note}")
         board: list[dict] = summary["leaderboard"]  # type: ignore[assignment]
         if board:
-            out.append(f"top {len(board)} by combined delta:")
+            out.append(f"top {len(board)} by combined delta (candidates; the baseline and the "
+                       f"identity control are references, not ranked):")
             out += leaderboard_lines(board, self.suite.names)
+        out.append(str(summary["verdict"]))
         if self.halving_stats:
             h = self.halving_stats
             out.append(f"halving: {h['evaluations']} config-item evaluations instead of "
@@ -1521,7 +1534,8 @@ def leaderboard_lines(board: Sequence[Mapping[str, object]],
                        "*" if e.get("beyond_noise") else ""])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    lines.append("  (* = combined delta beyond the noise floor)")
+    lines.append("  (* = combined delta significantly positive: above max(noise floor, "
+                 "2 stderr))")
     return lines
 
 
@@ -1540,9 +1554,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Everything after `--` is passed to llama-server untouched. "
         "Docs: README.md, sections rys-sweep and Results JSONL schema.",
     )
+    ap.dashed_value_options = ("--server-args",)
     ap.add_argument("model", nargs="?", metavar="MODEL", help="source GGUF (default: the demo model)")
-    ap.add_argument("-o", "--output", metavar="RESULTS.jsonl",
+    ap.add_argument("-m", "--model", dest="model_opt", metavar="MODEL",
+                    help="the same as MODEL (llama.cpp's and the reference project's spelling)")
+    ap.add_argument("-o", "--out", "--output", "--results", dest="output", metavar="RESULTS.jsonl",
                     help="results file (default: rys-results/<model-stem>.jsonl)")
+    # the reference project's options that rys answers differently: a clear line, not "unknown"
+    ap.add_argument("--skip-baseline", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", help=argparse.SUPPRESS)
     g = ap.add_argument_group("plan (combine freely; default: --block-sizes 3 4 5)")
     g.add_argument("--block-sizes", type=int, nargs="+", metavar="N",
                    help="RYS blocks of these sizes (layers i..i+N-1 run again)")
@@ -1600,7 +1620,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--load-timeout", type=float, default=600.0,
                    help="seconds to wait for a healthy server (default 600)")
-    s.add_argument("--tmp-dir", metavar="DIR",
+    s.add_argument("--tmp-dir", "--tmpdir", metavar="DIR",
                    help="where rewritten models go (default: /dev/shm/rys-<uid>)")
     w = ap.add_argument_group("several servers (default: one)")
     w.add_argument("--devices", metavar="LIST",
@@ -1695,8 +1715,7 @@ def print_plan(sweep: Sweep, args: argparse.Namespace,
     for c in plan:
         size = source.estimate_size(list(c.path))
         print(f"  {c.config_label:<14} {c.spec:<28} {len(c.path):>4} layers  "
-              f"{size / 2**20:8.0f} MiB" + (f"  # {c.label}" if c.label and c.kind == Kind.CUSTOM
-                                            else ""))
+              f"{size / 2**20:8.0f} MiB")
     for c, why in refused:
         print(f"  refused: {c.spec}: {why}")
     if args.halving is not None and len(plan) > 1:
@@ -1708,6 +1727,51 @@ def print_plan(sweep: Sweep, args: argparse.Namespace,
         print(f"refine: up to {args.refine_rounds} rounds around the top {args.refine} blocks")
     if args.confirm:
         print(f"confirm: the top {args.confirm} and the baseline on the test split")
+    for line in run_preview(sweep):
+        print(line)
+
+
+def run_preview(sweep: Sweep) -> list[str]:
+    """What --dry-run says about the run itself: the results file and what it already holds
+    (resume), the llama-server binary and command, and an estimate of the time left."""
+    store, eng = sweep.store, sweep.engine
+    dev = sweep.settings()
+    configs = [baseline_config(sweep.src.n_layers), identity_config(sweep.src.n_layers),
+               *sweep.planned()]
+    old = R.latest_by_key(store.read().records) if store.path.exists() else {}
+    done = [c for c in configs if (r := old.get(sweep.key(c, dev))) is not None
+            and (r.ok or not sweep.o.retry_errors)]
+    out = [f"results: {store.path}" + (f" ({len(old)} configs recorded; {len(done)} of these "
+                                       f"{len(configs)} already done and skipped)"
+                                       if old else " (new)")]
+    binary = eng.settings.binary
+    out.append(f"llama-server: {binary} ({LS.server_version(binary)})")
+    model = sweep.src.paths[0]
+    example = eng.settings.server(model, None)
+    example.port, example._token = 0, "rys-<token>"
+    example.fallback_args = () if LS.sets_repack(example.extra_args) else \
+        LS.remembered_args(binary)
+    cmd = [*example.command[:1], "--model", "<rewritten model>" if eng.name == R.ENGINE_PHYSICAL
+           else str(model), *example.command[3:]]
+    out.append("server command: " + shlex.join(cmd).replace("--port 0", "--port <free port>"))
+    timed = [r.timings.total_s for r in old.values() if r.ok and r.timings.total_s > 0]
+    left = len(configs) - len(done)
+    if not left:
+        out.append("nothing left to run: every config is already recorded")
+    elif timed:
+        per = sum(timed) / len(timed)
+        eta = per * left / max(1, len(sweep.workers))
+        out.append(f"estimated time: {_eta(eta)} for {left} configs ({per:.0f} s per config, "
+                   f"measured on the {len(timed)} configs in {store.path.name})")
+    else:
+        out.append(f"estimated time: unknown until the first configs are measured ({left} to "
+                   f"run)")
+    return out
+
+
+def _eta(seconds: float) -> str:
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{max(m, 1)} min"
 
 
 def list_probes() -> None:
@@ -1750,9 +1814,25 @@ def _usage(msg: str) -> cli.UsageError:
     return cli.UsageError(msg)
 
 
+REFERENCE_ANSWERS = {
+    "skip_baseline": "--skip-baseline: rys always measures the baseline and the identity control "
+                     "(together they are the noise floor); a rerun resumes them instead of "
+                     "measuring again",
+    "port": "--port: rys picks a free port for every server and checks it serves our model; to "
+            "fix one anyway, pass it to llama-server: --server-args \"--port N\"",
+}
+
+
 def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
     """Check everything the command line asks for and build the Sweep; UsageError for bad input
     (nothing created yet), None for --dry-run."""
+    for name, answer in REFERENCE_ANSWERS.items():
+        if getattr(args, name):
+            raise _usage(answer)
+    if args.model_opt:
+        if args.model and args.model != args.model_opt:
+            raise _usage(f"two models given: {args.model} and --model {args.model_opt}")
+        args.model = args.model_opt
     for name in ("stride", "parallel", "top", "halving_min_items", "refine_rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise _usage(f"--{name.replace('_', '-')} must be >= 1")

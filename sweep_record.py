@@ -483,6 +483,34 @@ def beats_noise(delta: Delta | None, floor: float | None) -> bool:
     return delta is not None and significance(delta.delta, delta.stderr, floor) == "+"
 
 
+def verdict(best_label: str | None, delta: Delta | None, floor: float | None) -> str:
+    """The sentence a user reads first: which config is best, or that none beats the baseline.
+
+    Only a candidate whose combined delta clears the noise (significance ``+``) is called best;
+    otherwise the sentence says so plainly and names the top candidate as within noise."""
+    if best_label is None:
+        return "no candidate config has finished yet"
+    d = "n/a" if delta is None or delta.delta is None else \
+        f"{delta.delta:+.3f}±{delta.stderr or 0.0:.3f}"
+    sig = "?" if delta is None else significance(delta.delta, delta.stderr, floor)
+    if sig == "+":
+        return f"best config: {best_label} (combined delta {d}, beyond the noise floor)"
+    if sig == "?":
+        return (f"top config: {best_label} (combined delta {d}); its significance is unknown "
+                f"(no noise floor and no stderr)")
+    return (f"no config beats the baseline beyond the noise floor; the top one, {best_label}, "
+            f"is at combined delta {d}, within noise")
+
+
+def noise_note(floor: Mapping[str, float]) -> str | None:
+    """What a zero noise floor means (it reads like a bug otherwise), or None."""
+    if floor and all(v == 0 for v in floor.values()):
+        return ("the noise floor is 0: the identity control reproduced the baseline exactly, so "
+                "rewriting (or re-serving) the model changed nothing measurable; each config's "
+                "own paired stderr is then the guard (a delta must exceed 2 stderr)")
+    return None
+
+
 # =========================================================================== files
 
 
@@ -511,14 +539,16 @@ class JsonlFile:
     truncated: bool = False
 
 
-def read_jsonl(path: str | os.PathLike, repair: bool = False) -> JsonlFile:
+def read_jsonl(path: str | os.PathLike, repair: bool = False, warn: bool = True) -> JsonlFile:
     """All complete JSON objects of a file, one warning per line that is not one (naming it).
 
     A cut-off last line (no newline, not valid JSON: a kill during a write) is ignored with one
     warning; with ``repair`` it is cut off the file so the next append starts on a fresh line
     (complete lines are never touched). A last line that parses but lacks its newline is kept and,
-    with ``repair``, the newline added. A missing file reads as empty.
+    with ``repair``, the newline added. A missing file reads as empty. ``warn=False`` for a file
+    already read (and warned about) once.
     """
+    say = log.warning if warn else log.debug
     p = Path(path)
     out = JsonlFile(p)
     try:
@@ -532,7 +562,7 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> JsonlFile:
         obj = _json_object(line)
         if obj is None:
             out.bad_lines.append(n)
-            log.warning("%s line %d is not a JSON object; skipped", p, n)
+            say("%s line %d is not a JSON object; skipped", p, n)
         else:
             out.objects.append(obj)
             out.line_numbers.append(n)
@@ -542,8 +572,8 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> JsonlFile:
         obj = _json_object(tail)
         if obj is None:
             out.truncated = True
-            log.warning("%s: ignoring the cut-off last line %d (%d bytes, from an interrupted "
-                        "write)%s", p, last, len(tail), "; removed it" if repair else "")
+            say("%s: ignoring the cut-off last line %d (%d bytes, from an interrupted write)%s",
+                p, last, len(tail), "; removed it" if repair else "")
             if repair:
                 _truncate(p, end)
         else:
@@ -639,9 +669,9 @@ class RecordsFile:
     truncated: bool
 
 
-def read_records(path: str | os.PathLike, repair: bool = False) -> RecordsFile:
+def read_records(path: str | os.PathLike, repair: bool = False, warn: bool = True) -> RecordsFile:
     """Parse a results file; an invalid record is a bad line (warned about once, by number)."""
-    raw = read_jsonl(path, repair=repair)
+    raw = read_jsonl(path, repair=repair, warn=warn)
     recs: list[SweepRecord] = []
     others: list[dict] = []
     bad = list(raw.bad_lines)
@@ -653,7 +683,8 @@ def read_records(path: str | os.PathLike, repair: bool = False) -> RecordsFile:
             recs.append(SweepRecord.from_json(obj))
         except RecordError as exc:
             bad.append(n)
-            log.warning("%s line %d is not a valid sweep record (%s); skipped", raw.path, n, exc)
+            (log.warning if warn else log.debug)(
+                "%s line %d is not a valid sweep record (%s); skipped", raw.path, n, exc)
     return RecordsFile(raw.path, recs, others, sorted(bad), raw.truncated)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import html
 import io
 import json
@@ -151,6 +152,8 @@ class Sweep:
     baselines: list[tuple[str, float | None]] = field(default_factory=list)  # (file, combined)
     source_n_layers: int | None = None
     model: R.ModelInfo = field(default_factory=R.ModelInfo)
+    run: dict[str, Any] = field(default_factory=dict)  # how it was measured (rys files): run_info
+
 
     @property
     def baseline(self) -> Config | None:
@@ -166,14 +169,25 @@ class Sweep:
 
     @property
     def ranked_pool(self) -> list[Config]:
-        """OK dev-split configs that can be ranked: not the baseline, not confirm rescores."""
-        return [c for c in self.ok if c.kind not in ("baseline", "confirm")]
+        """The candidates: OK dev-split configs except the reference rows (baseline, identity
+        control) and confirm rescores. The identity is what an unchanged model scores again,
+        never a config to build."""
+        return [c for c in self.ok if c.kind not in ("baseline", "identity", "confirm")]
 
     def leaderboard(self) -> list[Config]:
-        """OK configs except the baseline and confirm rescores, best combined delta first
-        (unknown deltas last)."""
+        """The candidates, best combined delta first (unknown deltas last); rank 1 here is rank 1
+        in rys-sweep's leaderboard."""
         rows = self.ranked_pool
         return sorted(rows, key=lambda c: (c.rank_value is None, -(c.rank_value or 0.0)))
+
+    def verdict(self) -> str:
+        """sweep_record.verdict for this sweep's top candidate."""
+        board = self.leaderboard()
+        if not board:
+            return R.verdict(None, None, None)
+        d, se = board[0].value(COMBINED)
+        return R.verdict(board[0].label, None if d is None else R.Delta(d, se),
+                         self.floor(COMBINED))
 
     def floor(self, probe: str) -> float | None:
         return self.noise_floor.get(probe)
@@ -436,6 +450,33 @@ def _noise_from_identity(ident: Config | None) -> dict[str, float]:
     return R.noise_floor(deltas, combined)
 
 
+def run_info(records: Sequence[SweepRecord]) -> dict[str, Any]:
+    """How a sweep was measured, for report headers: suite (probes with item counts), split, mode,
+    engine(s), llama-server version(s), configs, compute time (sum of per-config totals) and the
+    wall-clock span from the first record's start to the last one's end."""
+    if not records:
+        return {}
+    dev = [r for r in records if r.stage != R.Stage.CONFIRM] or list(records)
+    last = dev[-1]
+    starts = sorted(r.started_at for r in records if r.started_at)
+    ends = sorted(r.ended_at for r in records if r.ended_at)
+    span = None
+    if starts and ends:
+        with contextlib.suppress(ValueError):
+            t0 = datetime.fromisoformat(starts[0].replace("Z", "+00:00"))
+            t1 = datetime.fromisoformat(ends[-1].replace("Z", "+00:00"))
+            span = (t1 - t0).total_seconds()
+    return {
+        "suite": last.settings.suite, "split": last.settings.split, "mode": last.settings.mode,
+        "engines": sorted({r.server.engine for r in records}),
+        "server_versions": sorted({r.server.version for r in records if r.server.version}),
+        "records": len(records),
+        "compute_s": round(sum(r.timings.total_s for r in records), 1),
+        "wall_s": None if span is None else round(span, 1),
+        "started_at": starts[0] if starts else None, "ended_at": ends[-1] if ends else None,
+    }
+
+
 def _dedupe(configs: list[Config]) -> list[Config]:
     """One config per key: the last OK record wins, else the last record (a retried error)."""
     best: dict[str, Config] = {}
@@ -477,6 +518,7 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
     allow_empty, used by --watch while a sweep has not written its first record yet).
     """
     groups: dict[str, Sweep] = {}
+    run_records: dict[str, list[SweepRecord]] = {}
     for path in paths:
         raw = read_jsonl(path)
         rys = raw.records
@@ -496,6 +538,7 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
             label = Path(model.file).stem if model.file else path.stem
             configs = [config_from_rys(r, str(path)) for r in rys]
             fmt = "rys"
+            run_records.setdefault(gkey, []).extend(rys)
         else:
             configs, skipped = configs_from_reference(ref, str(path), n_layers)
             other += skipped
@@ -528,7 +571,8 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
     # labels must be unique: they name output files
     seen: dict[str, int] = {}
     out = []
-    for g in groups.values():
+    for gkey, g in groups.items():
+        g.run = run_info(run_records.get(gkey, []))
         g.configs = _prefer_full(_dedupe(g.configs))
         g.n_errors = sum(1 for c in g.configs if c.status == "error")
         names: list[str] = []
@@ -600,10 +644,18 @@ def summary_lines(sweep: Sweep, probes: Sequence[str]) -> list[str]:
         lines.append("baseline: " + (" ".join(parts) or "(no scores)"))
     else:
         lines.append("baseline: not in the results (yet)")
+    ident = sweep.identity
+    if ident is not None:
+        d, se = ident.value(COMBINED)
+        lines.append(f"identity control (a reference row, not a candidate): combined Δ "
+                     f"{_fmt_delta(d, se)}")
     if sweep.noise_floor:
         nf = " ".join(f"{p} ±{sweep.noise_floor[p]:.4f}" for p in list(probes) + [COMBINED]
                       if p in sweep.noise_floor)
         lines.append(f"noise floor ({sweep.noise_source}): {nf}")
+        note = R.noise_note(sweep.noise_floor)
+        if note:
+            lines.append(f"note: {note}")
     else:
         why = "reference format has no stderr" if sweep.fmt == "reference" else \
             "no summary and no identity record"
@@ -688,7 +740,8 @@ def format_table(sweep: Sweep, probes: Sequence[str], top: int) -> str:
         return "  ".join(c.rjust(w) if k in numeric else c.ljust(w)
                          for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    out = summary_lines(sweep, probes) + ["", line(head), line(["-" * w for w in widths])]
+    out = summary_lines(sweep, probes) + [sweep.verdict(), "", line(head),
+                                          line(["-" * w for w in widths])]
     out += [line(b) for b in body]
     if not rows:
         out.append("(no finished configs yet)")
@@ -809,6 +862,8 @@ def sweep_json(sweep: Sweep, probes: Sequence[str], front: Sequence[Config]) -> 
         "source_n_layers": sweep.source_n_layers, "probes": list(probes),
         "baseline": asdict(sweep.baseline) if sweep.baseline else None,
         "noise_floor": sweep.noise_floor or None, "noise_source": sweep.noise_source,
+        "verdict": sweep.verdict(),
+        "identity": asdict(sweep.identity) if sweep.identity else None,
         "leaderboard": leaderboard_rows(sweep, probes),
         "pareto_front": [c.key for c in front],
         "confirm": confirm_rows(sweep),
@@ -826,8 +881,6 @@ def pareto_configs(sweep: Sweep, probes: Sequence[str]) -> list[Config]:
     pts = {}
     by_key = {}
     for c in sweep.ranked_pool:
-        if c.kind == "identity":
-            continue
         vals = tuple(c.value(p)[0] for p in probes)
         if all(v is not None for v in vals):
             pts[c.key] = vals
@@ -895,9 +948,10 @@ def _panel_title(sweep: Sweep, probe: str) -> str:
 def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int = 1):
     """i (y, start) vs j (x, end exclusive) delta heatmaps: one panel per probe plus combined.
 
-    Diverging colormap with symmetric limits (0 = white); cells not run stay blank; cells within
-    the noise threshold are faded and hatched; the top-k cells are boxed and numbered; error
-    cells carry a small grey 'x'.
+    Diverging colormap with symmetric limits (0 = white), one colour scale shared by every panel
+    of the sweep (a colour means the same delta everywhere); cells not run stay blank; cells
+    within the noise threshold are faded and hatched; the leaderboard's top-k configs are boxed
+    on every panel and numbered with their leaderboard rank; error cells carry a small grey 'x'.
     """
     import numpy as np
     from matplotlib.colors import ListedColormap, Normalize
@@ -917,6 +971,11 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
     yedges = np.arange(imin - 0.5, imax + 1.0, 1.0)
     ok = [c for c in cells if c.status == "ok"]
     errs = [c for c in cells if c.status != "ok"]
+    every = [abs(d) for probe in panels for c in ok if (d := c.value(probe)[0]) is not None]
+    vmax = max(every) if every and max(every) > 0 else 1.0
+    cell_keys = {c.key for c in cells}
+    ranks = [(n, c) for n, c in enumerate(sweep.leaderboard(), 1) if c.key in cell_keys]
+    boxed = [(n, c) for n, c in ranks if n <= max(top, 0)]
     n_fig = 0
     for k, probe in enumerate(panels):
         ax = fig.add_subplot(rows, cols, k + 1)
@@ -924,7 +983,6 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
         weak = np.full((ni, nj), np.nan)
         floor = sweep.floor(probe)
         muted: list[tuple[int, int]] = []
-        ranked: list[tuple[float, Config]] = []
         for c in ok:
             d, se = c.value(probe)
             if d is None:
@@ -935,10 +993,6 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
                 muted.append((c.i, c.j))  # type: ignore[arg-type]
             else:
                 strong[r, q] = d
-            ranked.append((d, c))
-        vals = np.concatenate([strong[np.isfinite(strong)], weak[np.isfinite(weak)]])
-        vmax = float(np.max(np.abs(vals))) if vals.size else 1.0
-        vmax = vmax if vmax > 0 else 1.0
         norm = Normalize(vmin=-vmax, vmax=vmax)
         cmap = "RdBu"
         ax.set_facecolor("white")
@@ -960,16 +1014,16 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
                 facecolor="none", edgecolor="0.55", hatch="////", linewidth=0.0))
         for c in errs:
             ax.text(c.j, c.i, "x", ha="center", va="center", color="0.45", fontsize=8)
-        ranked = sorted((t for t in ranked if t[0] > 0), key=lambda t: -t[0])  # improvements only
         big = max(ni, nj) > 30           # cells too small for rank numbers: boxes only
-        for n, (d, c) in enumerate(ranked[:max(top, 0)], 1):
+        for n, c in boxed:
+            d = c.value(probe)[0] or 0.0
             for color, lw in (("black", 1.4 if big else 2.2), ("white", 0.5 if big else 0.7)):
                 ax.add_patch(Rectangle((c.j - 0.5, c.i - 0.5), 1, 1, fill=False,  # type: ignore[operator]
                                        edgecolor=color, linewidth=lw))
             if not big:
                 dark = abs(d) / vmax > 0.6 and (c.i, c.j) not in muted
                 ax.text(c.j, c.i, str(n), ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black", fontweight="bold")
+                        color="white" if dark else "black", fontweight="bold", gid=f"rank-{n}")
         ax.set_xlim(jmin - 0.5, jmax + 0.5)
         ax.set_ylim(imax + 0.5, imin - 0.5)   # i grows downwards, like a matrix
         step = _tick_step(max(ni, nj))
@@ -986,7 +1040,8 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
         n_fig += 1
     reps = f", block run {times + 1}x" if times != 1 else ""
     fig.suptitle(f"{sweep.label}: RYS block sweep{reps} ({len(ok)} ok, {len(errs)} error)\n"
-                 f"boxed = top {top} improvements; faded+hatched = within noise; white = not run; grey = j <= i;"
+                 f"one colour scale for all panels (±{vmax:.3f}); boxed = leaderboard top {top} "
+                 f"(numbers = ranks); faded+hatched = within noise; white = not run; grey = j <= i;"
                  " x = error", fontsize=10)
     return fig
 
@@ -1050,7 +1105,7 @@ def pareto_figure(sweep: Sweep, x: str, y: str, all_front: Sequence[Config]):
     fig = _new_figure(*PARETO_IN)
     ax = fig.add_subplot(1, 1, 1)
     pts = {}
-    for c in sweep.ranked_pool:
+    for c in sweep.ranked_pool + ([sweep.identity] if sweep.identity else []):
         dx, dy = c.value(x)[0], c.value(y)[0]
         if dx is not None and dy is not None:
             pts[c.key] = (c, dx, dy)
@@ -1134,8 +1189,9 @@ def render_plots(sweep: Sweep, probes: Sequence[str], top: int,
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file + rename, so a reader (browser, --watch) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write via a temp file + rename, so a reader (browser, --watch) never sees half a file.
+    The directory was checked (check_output_*); only a plots dir whose parent exists is made."""
+    path.parent.mkdir(exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0)
@@ -1155,16 +1211,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1700px;
-padding:0 1em;color:#222}
+padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;margin-top:2em}
 h3{font-size:1.05em}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td.l,th.l{text-align:left}
-tr.top td{background:#eef6ee}td.pos{color:#1a5fa8;font-weight:600}td.neg{color:#b2182b;font-weight:600}
-td.noise{color:#888}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
-.meta{color:#555;font-size:.9em}code{background:#f5f5f5;padding:1px 4px}
-.best{background:#eef4fb;border-left:4px solid #1a5fa8;padding:.6em 1em;margin:1em 0}
+table.info td,table.info th{white-space:normal;text-align:left}
+tr.sig-pos td{background:#e8f0fa}tr.sig-neg td{background:#fbeaea}tr.sig-noise td{color:#666}
+tr.top td.rank{font-weight:700;border-left:4px solid #1a5fa8}
+td.pos{color:#1a5fa8;font-weight:600}td.neg{color:#b2182b;font-weight:600}td.noise{color:#888}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.5em 0}
+.meta{color:#555;font-size:.9em}code{background:#f5f5f5;padding:1px 4px;word-break:break-all}
+.best{background:#e8f0fa;border-left:4px solid #1a5fa8;padding:.6em 1em;margin:1em 0}
+.none{background:#f6f6f6;border-left:4px solid #888;padding:.6em 1em;margin:1em 0}
+@media (max-width:900px){body{margin:.5em;padding:0 .4em}table{font-size:.78em}}
 """
 
 
@@ -1173,6 +1235,7 @@ def _td(text: str, cls: str = "") -> str:
 
 
 _SIG_CLASS = {"+": "pos", "-": "neg", "~": "noise", "?": ""}
+_ROW_CLASS = {"+": "sig-pos", "-": "sig-neg", "~": "sig-noise", "?": ""}
 
 
 def _html_img(p: Plot) -> str:
@@ -1182,27 +1245,80 @@ def _html_img(p: Plot) -> str:
 
 
 def _html_best(s: Sweep) -> str:
-    """The morning answer: the best config, whether it clears the noise, and how to build it."""
+    """The morning answer: the best candidate and how to build it, or, when nothing clears the
+    noise, that plainly (the identity and the baseline are never candidates)."""
     board = s.leaderboard()
     if not board:
-        return '<p class="meta">No finished configs yet.</p>'
+        return '<p class="meta">No candidate config has finished yet.</p>'
     c = board[0]
     d, se = c.value(COMBINED)
     sig = significance(d, se, s.floor(COMBINED))
-    verdict = {"+": "beyond the noise floor", "-": "below baseline beyond the noise floor",
-               "~": "within the noise floor: not distinguishable from the baseline",
-               "?": "significance unknown (no stderr / noise floor)"}[sig]
     try:
         cmd = export_command(s, c)
     except Exception as e:  # export needs a layer count; the report must render anyway
         log.debug("no export command for %s: %s", c.label, e)
         cmd = None
-    out = (f'<div class="best"><b>Best config: {html.escape(c.label)}</b> '
-           f"(path <code>{html.escape(c.path)}</code>), combined Δ "
-           f"{html.escape(_fmt_delta(d, se))}: {html.escape(verdict)}.")
+    if sig == "+":
+        out = (f'<div class="best"><b>Best config: {html.escape(c.label)}</b> '
+               f"(path <code>{html.escape(c.path)}</code>), combined Δ "
+               f"{html.escape(_fmt_delta(d, se))}, beyond the noise floor.")
+        if cmd:
+            out += f"<br>Build it: <code>{html.escape(cmd)}</code>"
+        return out + "</div>"
+    why = ("its significance is unknown (no noise floor and no stderr)" if sig == "?" else
+           "within the noise floor" if sig == "~" else "worse than the baseline")
+    out = ('<div class="none"><b>No config beats the baseline beyond the noise floor.</b> '
+           f"The top candidate, {html.escape(c.label)} (path <code>{html.escape(c.path)}</code>), "
+           f"is at combined Δ {html.escape(_fmt_delta(d, se))}: {why}.")
     if cmd:
-        out += f"<br>Build it: <code>{html.escape(cmd)}</code>"
+        out += f"<br>To try it anyway: <code>{html.escape(cmd)}</code>"
     return out + "</div>"
+
+
+def _html_info(s: Sweep, probes: Sequence[str]) -> str:
+    """What was measured and how, as a small table (not terminal text)."""
+    r = s.run
+    rows = [("model", f"{s.model.file or s.label}" + (f" ({s.model.arch}, {s.source_n_layers} "
+                                                      f"layers)" if s.source_n_layers else "")),
+            ("files", ", ".join(s.files))]
+    if r:
+        rows += [("probes (items each)", r["suite"]), ("split, mode", f"{r['split']}, {r['mode']}"),
+                 ("engine", ", ".join(r["engines"])),
+                 ("llama-server", "; ".join(r["server_versions"]) or "?"),
+                 ("run time", f"{r['records']} configs measured, {_duration(r['compute_s'])} of "
+                              f"serving and probing" + (f", {_duration(r['wall_s'])} from first "
+                                                        f"to last" if r["wall_s"] else ""))]
+    else:
+        rows.append(("probes", ", ".join(probes)))
+    rows.append(("configs", f"{len(s.configs)} ({len(s.ok)} ok, {s.n_errors} error)"))
+    base = s.baseline
+    if base:
+        parts = [f"{p} {sc:.4f}" for p in probes if (sc := base.score(p)) is not None]
+        if base.combined is not None:
+            parts.append(f"combined {base.combined:.4f}")
+        rows.append(("baseline scores", ", ".join(parts)))
+    if s.identity:
+        d, se = s.identity.value(COMBINED)
+        rows.append(("identity control", f"combined Δ {_fmt_delta(d, se)} (a reference row, "
+                                         f"not a candidate)"))
+    extra = []
+    if s.n_truncated:
+        extra.append(f"{s.n_truncated} cut-off last line(s) ignored")
+    if s.n_bad_lines:
+        extra.append(f"{s.n_bad_lines} unreadable line(s) skipped")
+    if extra:
+        rows.append(("warnings", "; ".join(extra)))
+    return ('<table class="info">' + "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        + "</table>")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, sec = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {sec:02d}s" if m else f"{sec}s"
 
 
 def _html_noise(s: Sweep, probes: Sequence[str]) -> str:
@@ -1216,18 +1332,25 @@ def _html_noise(s: Sweep, probes: Sequence[str]) -> str:
             h.append(f"<tr>{_td(p, 'l')}{_td(f'{s.noise_floor[p]:.4f}')}</tr>")
     h.append(f'</table><p class="meta">source: {html.escape(s.noise_source)}; a delta is'
              " significant when |Δ| exceeds max(noise floor, 2·its own stderr).</p>")
+    note = R.noise_note(s.noise_floor)
+    if note:
+        h.append(f'<p class="meta"><b>Note:</b> {html.escape(note)}.</p>')
     return "\n".join(h)
 
 
 def _html_leaderboard(s: Sweep, probes: Sequence[str], top: int, max_rows: int) -> str:
     rows = leaderboard_rows(s, probes)
-    h = [f"<h3>Leaderboard ({len(rows)} configs, top {top} highlighted)</h3><table><tr>"
+    h = [f"<h3>Leaderboard ({len(rows)} candidates; the top {top} marked)</h3>"
+         '<p class="meta">Rows are shaded by the combined delta: blue = better than the baseline '
+         "beyond noise, red = worse beyond noise, grey text = within noise.</p>"
+         '<table><tr>'
          '<th>#</th><th class="l">config</th><th class="l">kind</th><th class="l">path</th>'
          + "".join(f"<th>{html.escape(p)} Δ</th>" for p in probes)
          + '<th>combined</th><th>combined Δ</th><th class="l">sig</th></tr>']
     for r in rows[:max_rows]:
-        cls = ' class="top"' if r["rank"] <= top else ""
-        tds = [_td(str(r["rank"])), _td(r["label"], "l"), _td(_kind_text(r), "l"),
+        classes = [_ROW_CLASS[r["sig"]]] + (["top"] if r["rank"] <= top else [])
+        cls = f' class="{" ".join(c for c in classes if c)}"'
+        tds = [_td(str(r["rank"]), "rank"), _td(r["label"], "l"), _td(_kind_text(r), "l"),
                _td(r["path"], "l")]
         for p in probes:
             pp = r["probes"][p]
@@ -1314,8 +1437,8 @@ def html_report(sweeps: Sequence[Sweep], probes_by: dict[str, list[str]],
         probes = probes_by[s.label]
         plots = plots_by.get(s.label, [])
         h.append(f"<h2>{html.escape(s.label)}</h2>")
-        h.append("<pre>" + html.escape("\n".join(summary_lines(s, probes))) + "</pre>")
         h.append(_html_best(s))
+        h.append(_html_info(s, probes))
         h.append(_html_noise(s, probes))
         h.extend(_html_img(p) for p in plots if p.kind != "pareto")
         h.append(_html_leaderboard(s, probes, top, max_rows))
@@ -1325,7 +1448,10 @@ def html_report(sweeps: Sequence[Sweep], probes_by: dict[str, list[str]],
         h.extend(_html_img(p) for p in plots if p.kind == "pareto")
         h.append(_html_errors(s))
     h.append("</body></html>")
-    return "\n".join(x for x in h if x)
+    page = "\n".join(x for x in h if x)
+    # wide tables scroll inside the page instead of widening it (readable at 800 px)
+    return page.replace("<table", '<div class="scroll"><table').replace("</table>",
+                                                                        "</table></div>")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1393,7 +1519,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(rys.sweep/1 JSONL, or the reference project's sweep JSONL).")
     p.add_argument("results", nargs="+", type=Path, metavar="RESULTS.jsonl",
                    help="sweep results; several files of one model are merged")
-    p.add_argument("--out", type=Path, metavar="DIR",
+    p.add_argument("-o", "--out", type=Path, metavar="DIR",
                    help="where PNGs go (default: RESULTS.plots/ next to the first file)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG files")
     p.add_argument("--html", type=Path, metavar="OUT.html",
@@ -1526,6 +1652,47 @@ def render(opts: Options, sweeps: list[Sweep], write_plots: bool,
     return written
 
 
+def _writable_dir(d: Path) -> str | None:
+    """Why nothing can be created in directory ``d`` (a real probe: root passes access()
+    everywhere, /proc included), or None."""
+    try:
+        fd, name = tempfile.mkstemp(dir=d, prefix=".rys-plot-check-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """InputError unless ``path`` can be written as a file, without creating anything: its
+    directory must exist (as rys-path requires; a typo must not create /nonexistent/)."""
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a directory; name a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: the directory {parent} does not exist")
+    why = _writable_dir(parent)
+    if why or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{option} {path} cannot be written: {why or 'permission denied'}")
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """InputError unless plots can be written into ``path`` (it may be created, its parent
+    must exist)."""
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{option} {path} is not a directory")
+        why = _writable_dir(path)
+    else:
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError(f"{option} {path}: the directory {parent} does not exist")
+        why = _writable_dir(parent)
+    if why:
+        raise InputError(f"{option} {path} cannot be written: {why}")
+
+
 def _export(args: argparse.Namespace, sweeps: list[Sweep]) -> None:
     if len(sweeps) != 1:
         raise InputError("--export needs the results of one model (got "
@@ -1621,6 +1788,14 @@ def _main(argv: Sequence[str]) -> int:
                    fmt=args.format, n_layers=args.n_layers)
     if opts.pareto is not None and len(opts.pareto) != 2:
         raise InputError("--pareto needs exactly two probe names, e.g. --pareto math,eq")
+    # every output is checked before anything is printed or written
+    if opts.html is not None and not args.export:
+        check_output_file(opts.html, "--html")
+    if not args.no_plots and not args.export:
+        check_output_dir(opts.out_dir or default_out_dir(opts.paths[0]),
+                         "--out" if opts.out_dir else "the plots directory (--out)")
+    if args.mergekit_yaml is not None:
+        check_output_file(args.mergekit_yaml, "--mergekit-yaml")
     if args.watch:
         if args.export:
             raise InputError("--watch and --export do not go together")

@@ -237,7 +237,26 @@ def test_cli_json_and_show(capsys):
     assert {"name", "version", "hash", "n_dev", "n_test", "modes"} <= set(rows[0])
     assert cli_main(["--show", str(DATA / "tiny_choice.json"), "--limit", "2", "--prompt"]) == 0
     out = capsys.readouterr().out
-    assert '"q1"' in out and "Question: Which is a colour?" in out and '"q3"' not in out
+    # the prompt as text, exactly as sent (no JSON escapes to read through)
+    assert "--- q1" in out and "\nQuestion: Which is a colour?\n" in out and "q3" not in out
+    assert "\\n" not in out.split("--- q1", 1)[1]
+    assert cli_main(["--show", str(DATA / "tiny_choice.json"), "--limit", "2", "--prompt",
+                     "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # one document
+    assert [it["id"] for it in doc["items"]] == ["q1", "q2"]
+    assert "Question: Which is a colour?" in doc["items"][0]["rendered"]
+
+
+def test_cli_run_with_no_server_is_an_error(capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli_main(["--run", "math:2", "--url", f"http://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing answers at" in err[0] and "connection refused" in err[0]
+    assert cli_main(["--run", "math:2"]) == 2  # neither --url nor --model
 
 
 def test_cli_validate_reports_errors_with_exit_2(tmp_path, capsys):

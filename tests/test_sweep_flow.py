@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -454,3 +455,19 @@ def test_rys_plot_merges_shards_into_the_full_plan(env):
     assert merged.noise_source == "largest of 2 summaries"
     floors = [json.loads((tmp / f"s{k}.summary.json").read_text())["noise_floor"] for k in (1, 2)]
     assert merged.noise_floor["combined"] == max(f["combined"] for f in floors)
+
+
+def test_resume_warns_once_about_a_bad_line_and_names_it(env, caplog):
+    fakes, src, tmp = env
+    plan = blocks((0, 3), (3, 6), (6, 9))
+    assert run(src, tmp, plan) == 0
+    lines = (tmp / "r.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:40] + "\n"  # a corrupt line in the middle (the dup(0,3) record)
+    (tmp / "r.jsonl").write_text("".join(lines) + lines[3][:30])  # and a cut-off last line
+    fakes.calls.clear()
+    with caplog.at_level(logging.WARNING):
+        assert run(src, tmp, plan) == 0
+    bad = [r.getMessage() for r in caplog.records if "line 3 is not a JSON object" in r.getMessage()]
+    cut = [r.getMessage() for r in caplog.records if "cut-off last line 6" in r.getMessage()]
+    assert len(bad) == 1 and len(cut) == 1
+    assert [r[0] for r in fakes.runs()] == [tuple(layer_path.duplicate(0, 3, N))]  # re-measured

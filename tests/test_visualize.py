@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import layer_path
+import sweep_record as R
 import visualize as viz
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,35 +48,38 @@ def make_record(kind: str, path: list[int], block: dict | None, deltas: dict[str
                 status: str = "ok", n_src: int = N_LAYERS, base: dict | None = None,
                 stage: str = "sweep", limit: int | None = None, split: str = "dev",
                 confirm: dict | None = None) -> dict:
-    """One record in the rys.sweep/1 schema (README.md, "Results JSONL schema")."""
+    """One record, built by sweep_record (the one definition of the format) and written as the
+    sweep writes it."""
     base = base or BASE
     spec = layer_path.format(path)
-    rec = {
-        "schema": "rys.sweep/1", "key": _key(spec, kind, f"{limit}|{split}"), "path": spec,
-        "kind": kind, "stage": stage, "confirm": confirm,
-        "block": block, "n_layers": len(path), "status": status,
-        "error": None if status == "ok" else "llama-server exited with code 134\nGGML_ASSERT failed",
-        "probes": {}, "delta": {}, "combined": None, "combined_delta": None,
-        "timings": {"surgery_s": 0.4, "load_s": 1.2, "probe_s": 30.0, "total_s": 31.6},
-        "server": {"args": ["-c", "8192"], "version": "b11434", "log": f"RESULTS.logs/{kind}.log"},
-        "model": {"file": "/models/demo-18L.gguf", "size": 123, "arch": "gemma3",
-                  "n_layers": n_src, "fingerprint": FINGERPRINT},
-        "settings": {"split": split, "limit": limit, "mode": "logprob",
-                     "weights": {p: 1.0 for p in base}, "no_think": False},
-        "started_at": "2025-06-01T00:00:00Z", "ended_at": "2025-06-01T00:01:00Z",
-    }
-    if status != "ok":
-        return rec
-    for p, b in base.items():
-        d = 0.0 if deltas is None else deltas[p]
-        rec["probes"][p] = {"score": b + d, "stderr": 0.03, "n": 200, "n_errors": 0, "version": 1,
-                            "hash": "abc", "split": "dev", "metrics": {}}
-        if deltas is not None:
-            rec["delta"][p] = {"delta": d, "stderr": SE[p]}
-    rec["combined"] = sum(b + (0.0 if deltas is None else deltas[p]) for p, b in base.items()) / len(base)
-    if deltas is not None:
-        rec["combined_delta"] = {"delta": sum(deltas.values()) / len(deltas), "stderr": 0.008}
-    return rec
+    ok = status == "ok"
+    probes, delta = {}, {}
+    if ok:
+        for p, b in base.items():
+            d = 0.0 if deltas is None else deltas[p]
+            probes[p] = R.ProbeScore(score=b + d, stderr=0.03, n=200, version=1, hash="abc",
+                                     split="dev")
+            if deltas is not None:
+                delta[p] = R.Delta(d, SE[p])
+    combined = (sum(b + (0.0 if deltas is None else deltas[p]) for p, b in base.items())
+                / len(base)) if ok else None
+    rec = R.SweepRecord(
+        key=_key(spec, kind, f"{limit}|{split}"), path=spec, kind=R.Kind(kind),
+        stage=R.Stage(stage), confirm=(R.ConfirmRef(confirm["of"], R.Kind(confirm["kind"]))
+                                       if confirm else None),
+        block=R.Block.from_json(block) if block else None, n_layers=len(path), status=status,
+        error=None if ok else "llama-server exited with code 134\nGGML_ASSERT failed",
+        probes=probes, delta=delta, combined=combined,
+        combined_delta=(R.Delta(sum(deltas.values()) / len(deltas), 0.008)
+                        if ok and deltas is not None else None),
+        timings=R.Timings(0.4, 1.2, 30.0, 31.6),
+        server=R.ServerInfo(["-c", "8192"], "b11434", f"RESULTS.logs/{kind}.log"),
+        model=R.ModelInfo("demo-18L.gguf", 123, "gemma3", n_src, FINGERPRINT,
+                          "/models/demo-18L.gguf"),
+        settings=R.Settings(split=split, limit=limit, mode="logprob",
+                            weights={p: 1.0 for p in base}, suite="math:200,eq:200"),
+        started_at="2025-06-01T00:00:00Z", ended_at="2025-06-01T00:01:00Z")
+    return rec.to_json()
 
 
 def block_sweep_records(seed: int = 7) -> tuple[list[dict], dict]:
@@ -386,7 +390,10 @@ def test_json_format(sweep_files, capsys):
     assert viz.main([str(bfile), str(afile), "--format", "json", "--no-plots"]) == 0
     doc = json.loads(capsys.readouterr().out)
     [g] = doc["sweeps"]
-    assert g["n_errors"] == 3 and len(g["leaderboard"]) == 1 + len(btruth) + len(atruth)
+    # candidates only: the identity control is a reference row, reported on its own
+    assert g["n_errors"] == 3 and len(g["leaderboard"]) == len(btruth) + len(atruth)
+    assert all(r["kind"] != "identity" for r in g["leaderboard"])
+    assert g["identity"]["kind"] == "identity" and g["verdict"]
     assert g["noise_floor"]["math"] == pytest.approx(expected_floor("math"))
     assert g["pareto_front"]
 
@@ -394,6 +401,7 @@ def test_json_format(sweep_files, capsys):
 def test_html_report_self_contained(sweep_files, tmp_path):
     bfile, afile, btruth, _ = sweep_files
     out = tmp_path / "report" / "morning.html"
+    out.parent.mkdir()
     assert viz.main([str(bfile), str(afile), "--html", str(out), "--no-plots"]) == 0
     assert [p.name for p in out.parent.iterdir()] == ["morning.html"]
     page = out.read_text()
@@ -595,7 +603,7 @@ def test_confirm_records_kept_out_of_the_ranking(tmp_path, capsys):
     f = write_jsonl(tmp_path / "c.jsonl", recs)
     [s] = viz.load_sweeps([f])
     assert all(c.kind != "confirm" for c in s.leaderboard())
-    assert len(s.leaderboard()) == 1 + len(truth)
+    assert len(s.leaderboard()) == len(truth)
     [row] = viz.confirm_rows(s)
     assert row["label"] == "dup(6,9)" and row["of"] == best["key"]
     assert row["dev_delta"] == pytest.approx(sum(truth[(6, 9)].values()) / 2)
