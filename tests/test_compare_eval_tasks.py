@@ -1,5 +1,6 @@
 """Output types from the installed lm-eval's real task index (built-in YAMLs + our offline test
-tasks): log-likelihood tasks are refused up front, before anything is built or started."""
+tasks): on a llama-server without prompt logprobs, log-likelihood tasks are refused up front,
+before anything is built or lm-eval started (the server is asked)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ def test_run_refuses_loglikelihood_tasks_before_building_anything(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and named in err[0] and "generate_until" in err[0]
+    # the server was asked (not guessed from its version), and the line says what to build
+    assert "asked for echo logprobs, it answered: a completion without prompt logprobs" in err[0]
+    assert "scripts/build_llama_server.sh --rys-patches" in err[0]
     assert not out.exists() and list(gguf_tmp.iterdir()) == []
 
 

@@ -1,4 +1,4 @@
-"""Local data for the rys_capitals test tasks.
+"""Local data for the offline test tasks (rys_capitals*, rys_obvious).
 
 lm-eval resolves `dataset_kwargs.data_files` against the current directory, so a shipped task
 using it would run from one place only. `custom_dataset: !function rys_capitals_data.load` is
@@ -14,13 +14,24 @@ from typing import Any
 
 import datasets
 
-DATA = Path(__file__).resolve().parent / "rys_capitals.jsonl"
+HERE = Path(__file__).resolve().parent
+
+
+def _rows(name: str) -> datasets.DatasetDict:
+    """All rows of NAME.jsonl, split by their `split` field (default "test")."""
+    lines = (HERE / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    splits: dict[str, list[dict]] = {}
+    for row in (json.loads(line) for line in lines if line.strip()):
+        splits.setdefault(row.pop("split", "test"), []).append(row)
+    return datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()})
 
 
 def load(**_: Any) -> datasets.DatasetDict:
-    """All rows of rys_capitals.jsonl, split by their `split` field (lm-eval passes metadata)."""
-    lines = DATA.read_text(encoding="utf-8").splitlines()
-    splits: dict[str, list[dict]] = {}
-    for row in (json.loads(line) for line in lines if line.strip()):
-        splits.setdefault(row.pop("split"), []).append(row)
-    return datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()})
+    """rys_capitals.jsonl (lm-eval passes metadata, unused)."""
+    return _rows("rys_capitals")
+
+
+def load_obvious(**_: Any) -> datasets.DatasetDict:
+    """rys_obvious.jsonl: sequences with one obvious continuation, written for rys (no benchmark
+    items)."""
+    return _rows("rys_obvious")
