@@ -108,6 +108,26 @@ def _checked_binary(path: str, origin: str) -> str:
     return resolved
 
 
+BUILD_SCRIPT = Path(__file__).resolve().parent / "scripts" / "build_llama_server.sh"
+ENV_PATCHED = "RYS_PATCHED_LLAMA_SERVER"
+
+
+def patched_build_path() -> Path | None:
+    """The llama-server built with ``scripts/build_llama_server.sh --rys-patches`` (layer paths in
+    place, prompt logprobs): ``$RYS_PATCHED_LLAMA_SERVER``, else where the script keeps its CPU
+    build (asked with --dry-run, which builds nothing). None when it is not there."""
+    env = os.environ.get(ENV_PATCHED, "").strip()
+    path: Path | None = Path(env) if env else None
+    if path is None and BUILD_SCRIPT.is_file():
+        try:
+            out = subprocess.run(["bash", str(BUILD_SCRIPT), "--rys-patches", "--dry-run"],
+                                 capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        path = Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+    return path if path is not None and path.is_file() and os.access(path, os.X_OK) else None
+
+
 @functools.lru_cache(maxsize=None)
 def server_version(binary: str) -> str:
     """``llama-server --version`` as one line (e.g. ``version: 11434 (abc123)``), for records."""

@@ -19,7 +19,10 @@ and compared pair by pair, since the load on a shared machine drifts:
    prefix again;
 5. configs per hour of one plan with 1 worker (all CPU threads) against 2 workers (half the
    threads each), alternating; on a GPU, pass --server-args "-ngl 99" to see two servers share
-   one GPU (one loads while the other is probed).
+   one GPU (one loads while the other is probed);
+6. the same plan served by the physical engine (rewrite + fresh server) and the virtual one (a
+   --rys-patches server switching its path): seconds per config, non-probe seconds per config
+   against the switch itself, tmpfs bytes written, and the servers' peak RSS.
 
 Targets: non-probe time per config <= 1.5x the bare start; concurrent throughput >= 1.6x
 sequential; the reference harness needed 222 s per config.
@@ -88,7 +91,8 @@ def bare_start(binary: str, model: Path, parallel: int, ctx: int, extra: list[st
 
 def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: str,
               workdir: Path, n_layers: int, extra: list[str], plan: list | None = None,
-              workers: int = 1, name: str = "bench") -> tuple[list[R.SweepRecord], dict]:
+              workers: int = 1, name: str = "bench",
+              engine: str = "physical") -> tuple[list[R.SweepRecord], dict]:
     """A sweep through the real runner: (its records, its summary)."""
     plan = plan or [sweep.block_config(4, 7, n_layers), sweep.block_config(8, 11, n_layers)]
     base = E.ServerSettings(binary=binary, parallel=parallel, ctx_size=ctx,
@@ -99,7 +103,9 @@ def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: st
     tmp.mkdir()
     source = gguf_surgery.SourceModel.open(model)
     suite = sweep.Suite.resolve(probes_spec, "dev", None)
-    engines = [E.PhysicalEngine(source, ws, tmp)
+    engines = [E.make_engine(engine, source, ws, tmp,
+                             **({"server_log": workdir / f"{name}-virtual.log"}
+                                if engine == E.ENGINE_VIRTUAL else {}))
                for ws in E.worker_settings(base, workers=workers)]
     with contextlib.redirect_stdout(io.StringIO()):  # the sweep's own report
         sweep.Sweep(opts, source, suite, engines).run()
@@ -251,6 +257,86 @@ def section_workers(src, model: Path, binary: str, args, ctx: int, work: Path,
     print(f"   2 workers / 1 worker: median {statistics.median(ratio):.2f}x")
 
 
+class PeakRss:
+    """The largest resident set of any llama-server started by this process, sampled every
+    20 ms (their alias token names our pid)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        mark = f"rys-{os.getpid()}-".encode()
+        while not self._stop.is_set():
+            for d in Path("/proc").iterdir():
+                if not d.name.isdigit():
+                    continue
+                try:
+                    if mark not in (d / "cmdline").read_bytes():
+                        continue
+                    for line in (d / "status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+                except OSError:
+                    continue
+            time.sleep(0.02)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def section_engines(src, model: Path, args, ctx: int, work: Path, extra: list[str]) -> None:
+    """The same plan served physically and virtually by the same --rys-patches binary."""
+    binary = args.patched_server or str(LS.patched_build_path() or "")
+    if not binary or not E.supports_layer_paths(binary):
+        print("\n6. physical vs virtual: skipped, no --rys-patches llama-server (build it with "
+              "scripts/build_llama_server.sh --rys-patches, or pass --patched-server)")
+        return
+    plan = sweep.plan_blocks(src.n_layers, [3], stride=3, start_min=2, start_max=11)
+    rows: dict[str, list[dict]] = {"physical": [], "virtual": []}
+    for rep in range(max(1, args.reps)):
+        for engine in (("physical", "virtual") if rep % 2 == 0 else ("virtual", "physical")):
+            with PeakRss() as rss:
+                recs, _ = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work,
+                                    src.n_layers, extra, plan, name=f"{engine}-{rep}",
+                                    engine=engine)
+            cfgs = [r for r in recs if r.kind not in (R.Kind.BASELINE,)]
+            written = sum(src.estimate_size(list(layer_path.parse(r.path, src.n_layers)))
+                          for r in cfgs if engine == "physical")
+            rows[engine].append({
+                "per_config": statistics.mean(r.timings.total_s for r in cfgs),
+                "non_probe": statistics.mean(r.timings.total_s - r.timings.probe_s for r in cfgs),
+                "load": statistics.mean(r.timings.load_s for r in cfgs),
+                "tmpfs": written, "rss": rss.peak})
+    print(f"\n6. the same plan ({len(plan)} blocks + identity; probes {args.sweep_probes}) on "
+          f"{binary}, physical vs virtual engine ({args.reps} alternating runs each; seconds per "
+          f"config after the baseline):")
+    print(f"   {'engine':<10}{'s/config':>10}{'non-probe':>11}{'load/switch':>13}"
+          f"{'tmpfs written':>15}{'server peak RSS':>17}")
+    for engine, rs in rows.items():
+        for r in rs:
+            print(f"   {engine:<10}{r['per_config']:>10.2f}{r['non_probe']:>11.3f}{r['load']:>13.3f}"
+                  f"{r['tmpfs'] / 2**20:>12.0f} MiB{r['rss'] / 2**20:>13.0f} MiB")
+    p, v = rows["physical"], rows["virtual"]
+    over = statistics.median(r["non_probe"] - r["load"] for r in v)
+    print(f"   virtual non-probe time beyond the switch itself: {over:.3f} s per config "
+          f"(target <= 0.05 s); non-probe time physical / virtual: "
+          f"{statistics.median(a['non_probe'] / b['non_probe'] for a, b in zip(p, v)):.1f}x")
+    print(f"   tmpfs written per run: physical {statistics.median(r['tmpfs'] for r in p) / 2**20:.0f}"
+          f" MiB, virtual {statistics.median(r['tmpfs'] for r in v) / 2**20:.0f} MiB (target 0); "
+          f"server peak RSS virtual / physical: "
+          f"{statistics.median(b['rss'] / a['rss'] for a, b in zip(p, v)):.2f}x "
+          f"(source model {src.file_size / 2**20:.0f} MiB)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="GGUF (default: the demo model)")
@@ -268,16 +354,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-args", default="--swa-full",
                     help="extra llama-server arguments for every server (default: --swa-full, "
                     "as the demo sweep uses; '' for none)")
-    ap.add_argument("--sections", default="1,2,3,4,5",
-                    help="which parts to run (default 1,2,3,4,5: overhead, time split, "
-                    "throughput on --probes, throughput on --gen-probes, 1 vs 2 workers)")
+    ap.add_argument("--sections", default="1,2,3,4,5,6",
+                    help="which parts to run (default 1,2,3,4,5,6: overhead, time split, "
+                    "throughput on --probes, throughput on --gen-probes, 1 vs 2 workers, "
+                    "physical vs virtual engine)")
+    ap.add_argument("--patched-server", metavar="PATH",
+                    help="the --rys-patches llama-server for section 6 (default: the build "
+                    "script's cached build)")
     args = ap.parse_args(argv)
     try:
         sections = {int(x) for x in args.sections.split(",") if x.strip()}
     except ValueError:
-        ap.error(f"--sections: comma-separated numbers 1-5, got {args.sections!r}")
-    if not sections or not sections <= {1, 2, 3, 4, 5}:
-        ap.error(f"--sections: comma-separated numbers 1-5, got {args.sections!r}")
+        ap.error(f"--sections: comma-separated numbers 1-6, got {args.sections!r}")
+    if not sections or not sections <= {1, 2, 3, 4, 5, 6}:
+        ap.error(f"--sections: comma-separated numbers 1-6, got {args.sections!r}")
     extra = shlex.split(args.server_args)
     model = Path(args.model) if args.model else LS.demo_model_path()
     binary = LS.find_llama_server()
@@ -295,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             section_split(src, model, binary, args, ctx, Path(d), extra)
         if 5 in sections:
             section_workers(src, model, binary, args, ctx, Path(d), extra)
+        if 6 in sections:
+            section_engines(src, model, args, ctx, Path(d), extra)
     for label, spec in (("3", args.probes), ("4", args.gen_probes)):
         if int(label) in sections and spec:
             section_throughput(label, spec, model, binary, args, ctx, extra)

@@ -73,3 +73,15 @@ def demo_server(llama_server_bin, demo_model):
         demo_model, binary=llama_server_bin, parallel=4, ctx_size=DEMO_CTX
     ) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def patched_server_bin() -> str:
+    """The --rys-patches llama-server; missing: skip, or fail under RYS_REQUIRE_SERVER=1 (CI
+    builds it before the tests: README's second command)."""
+    path = llama_server.patched_build_path()
+    if path is None:
+        _unavailable("the --rys-patches llama-server",
+                     FileNotFoundError("not built: scripts/build_llama_server.sh --rys-patches "
+                                       f"(or set ${llama_server.ENV_PATCHED})"))
+    return str(path)
