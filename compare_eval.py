@@ -630,28 +630,20 @@ def lm_eval_command(*, name: str, server_url: str, tasks: Sequence[str], chat: b
     (local-completions whose tokenizer is the server's own /tokenize, see `register_lm_eval_model`),
     registered in the lm-eval child process (`lm_eval_main`)."""
     if loglikelihood:
-        model_args = ",".join([
-            f"model={name}", f"base_url={server_url}/v1/completions",
-            f"num_concurrent={num_concurrent}", "max_retries=3", f"timeout={timeout_s}",
-            *([f"max_length={max_length}"] if max_length else [])])
-        cmd = [python, "-c", LM_EVAL_CHILD, "--model", LM_EVAL_MODEL, "--model_args", model_args,
-               "--tasks", ",".join(tasks), "--output_path", str(output_dir / "results.json"),
-               "--log_samples"]
-        if chat:
-            cmd.append("--apply_chat_template")
-        if limit is not None:
-            cmd += ["--limit", limit_arg(limit)]
-        if include_path:
-            cmd += ["--include_path", str(include_path)]
-        return cmd + list(extra)
-    endpoint = "/v1/chat/completions" if chat else "/v1/completions"
-    model_args = ",".join([
-        f"model={name}", f"base_url={server_url}{endpoint}", f"num_concurrent={num_concurrent}",
-        "tokenized_requests=False", "tokenizer_backend=None", "max_retries=3", f"timeout={timeout_s}",
-    ])
-    cmd = [python, "-m", "lm_eval",
-           "--model", "local-chat-completions" if chat else "local-completions",
-           "--model_args", model_args,
+        runner, model = [python, "-c", LM_EVAL_CHILD], LM_EVAL_MODEL
+        model_args = [f"base_url={server_url}/v1/completions",
+                      *([f"max_length={max_length}"] if max_length else [])]
+    else:
+        endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+        runner = [python, "-m", "lm_eval"]
+        model = "local-chat-completions" if chat else "local-completions"
+        model_args = [f"base_url={server_url}{endpoint}", "tokenized_requests=False",
+                      "tokenizer_backend=None"]
+    model_args = [f"model={name}", *model_args, f"num_concurrent={num_concurrent}",
+                  "max_retries=3", f"timeout={timeout_s}"]
+    cmd = [*runner,
+           "--model", model,
+           "--model_args", ",".join(model_args),
            "--tasks", ",".join(tasks),
            # a .json output path puts results_<date>.json and samples_<task>_<date>.jsonl in its
            # folder, independent of the model name lm-eval would otherwise nest them under

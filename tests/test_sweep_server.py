@@ -65,6 +65,26 @@ def _wait_for(cond, timeout: float, what: str, step: float = 0.05):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _kill_9_when(argv: list[str], work: dict, records: int, servers: int):
+    """Start a sweep, kill -9 it once ``records`` are written and ``servers`` servers are up;
+    (the dead process, the servers it had)."""
+    proc = _spawn(argv)
+    try:
+        _wait_for(lambda: work["out"].exists() and len(_records(work["out"])) >= records, 600,
+                  f"{records} record(s)")
+        up = _wait_for(lambda: len(s := _servers_of(proc.pid)) >= servers and s, 300,
+                       f"{servers} server(s)")
+        if records >= 2:  # a config in flight: its rewritten model exists
+            assert any(work["tmp"].iterdir())
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc, up
+
+
 @pytest.fixture
 def work(tmp_path: Path) -> dict:
     (tmp_path / "paths.txt").write_text(PATHS)
@@ -138,19 +158,8 @@ def test_end_to_end_records_match_schema_and_resume(demo_model, llama_server_bin
 @pytest.mark.server
 def test_kill_9_mid_config_then_resume(demo_model, llama_server_bin, work):
     argv = _argv(demo_model, work, "--llama-server", llama_server_bin)
-    proc = _spawn(argv)
-    try:
-        # wait until baseline and identity are recorded and the next config's server is up
-        _wait_for(lambda: work["out"].exists() and len(_records(work["out"])) >= 2, 600,
-                  "two records")
-        servers = _wait_for(lambda: _servers_of(proc.pid), 300, "the third config's server")
-        assert any(work["tmp"].iterdir())  # its rewritten model exists
-        proc.kill()
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # once baseline and identity are recorded and the next config's server is up
+    proc, servers = _kill_9_when(argv, work, records=2, servers=1)
     # the server dies with the sweep (PR_SET_PDEATHSIG)
     assert servers
     _wait_for(lambda: _servers_of(proc.pid) == [], 15, "the orphan server to die")
@@ -495,17 +504,7 @@ def test_two_workers_record_each_config_once_like_one_worker(demo_model, llama_s
 def test_two_workers_kill_9_then_resume(demo_model, llama_server_bin, work):
     argv = _argv(demo_model, work, "--llama-server", llama_server_bin, *MORE, *ONE_THREAD,
                  "--workers", "2")
-    proc = _spawn(argv)
-    try:
-        _wait_for(lambda: work["out"].exists() and len(_records(work["out"])) >= 1, 600,
-                  "the baseline")
-        _wait_for(lambda: len(_servers_of(proc.pid)) == 2, 300, "both workers' servers")
-        proc.kill()
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, _ = _kill_9_when(argv, work, records=1, servers=2)  # both workers' servers up
     _wait_for(lambda: _servers_of(proc.pid) == [], 15, "the orphan servers to die")
     rerun = _spawn(argv)
     out, err = rerun.communicate(timeout=900)
