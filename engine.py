@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -228,7 +227,7 @@ class PhysicalEngine(Engine):
     def check_space(self, paths: Sequence[Sequence[int] | None], copies: int = 1) -> None:
         """NoSpace unless the tmp dir holds ``copies`` of the largest of ``paths`` at once."""
         need = max((self.space_needed(p) for p in paths), default=0) * copies
-        free = shutil.disk_usage(self.tmp_dir).free
+        free = gguf_surgery.free_bytes(self.tmp_dir)
         if need and free < need:
             raise NoSpace(f"not enough space in {self.tmp_dir}: the largest config needs "
                           f"{_mib(need)}{f' ({copies} at once)' if copies > 1 else ''}, "

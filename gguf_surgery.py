@@ -68,6 +68,7 @@ __all__ = [
     "check_path",
     "verify",
     "default_tmp_dir",
+    "scratch_dir",
     "temporary_rewrite",
     "ARCH_RULES",
     "main",
@@ -968,8 +969,16 @@ def _plan(src: SourceModel, layer_path_: Sequence[int]) -> _Plan:
 # writing
 
 
-def _free_bytes(directory: Path) -> int:
-    st = os.statvfs(directory)
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists: where a directory not made yet will live."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(directory: str | os.PathLike[str]) -> int:
+    """Free bytes for writing in `directory`, or on the disk where it will be created."""
+    st = os.statvfs(nearest_existing(Path(directory)))
     return st.f_bavail * st.f_frsize
 
 
@@ -1044,7 +1053,7 @@ def rewrite(source: str | os.PathLike[str] | SourceModel, target: str | os.PathL
             raise SurgeryError(f"target {target} exists")
     elif any(target.resolve() == s.resolve() for s in src.paths):
         raise SurgeryError(f"target {target} is the source model; refusing to overwrite it")
-    free = _free_bytes(tdir)
+    free = free_bytes(tdir)
     if free < plan.total_size:
         raise SurgeryError(f"not enough space in {tdir}: need {plan.total_size} bytes "
                            f"({plan.total_size / 2**20:.1f} MiB), {free} free "
@@ -1114,28 +1123,71 @@ def verify(path: str | os.PathLike[str], expect_path: Sequence[int] | None = Non
 # temporary outputs
 
 
+def _scratch_bases() -> tuple[Path, ...]:
+    return (Path("/dev/shm"), Path(tempfile.gettempdir()))
+
+
 def default_tmp_dir() -> Path:
-    """Per-user scratch dir for rewritten models: /dev/shm/rys-<uid> (mode 0700), falling back
-    to <tempdir>/rys-<uid> when /dev/shm is unusable."""
+    """Per-user scratch dir for rewritten models: /dev/shm/rys-<uid>, falling back to
+    <tempdir>/rys-<uid> when /dev/shm is unusable. Named and checked here, not created: it exists
+    only while a rys process has a model in it (`scratch_dir`, `temporary_rewrite`), so no empty
+    dir outlives a run."""
     uid = os.getuid()
-    candidates = [Path("/dev/shm"), Path(tempfile.gettempdir())]
     problems = []
-    for base in candidates:
+    for base in _scratch_bases():
         if not base.is_dir():
             continue
         d = base / f"rys-{uid}"
         try:
-            d.mkdir(mode=0o700, exist_ok=True)
             st = os.lstat(d)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-                problems.append(f"{d} is not a directory owned by uid {uid}")
-                continue
-            if stat.S_IMODE(st.st_mode) & 0o077:
-                os.chmod(d, 0o700)
-            return d
+        except FileNotFoundError:
+            if os.access(base, os.W_OK | os.X_OK):
+                return d
+            problems.append(f"{base} is not writable")
+            continue
         except OSError as e:
             problems.append(f"{d}: {e.strerror}")
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            problems.append(f"{d} is not a directory owned by uid {uid}")
+            continue
+        return d
     raise SurgeryError("no usable temporary directory: " + "; ".join(problems))
+
+
+def _is_scratch(d: Path) -> bool:
+    """Whether `d` is a per-user scratch dir (ours to create and remove), not a user's --tmp-dir."""
+    return d.name == f"rys-{os.getuid()}" and d.parent in _scratch_bases()
+
+
+def _make_scratch(d: Path) -> None:
+    """Create the scratch dir `d` private to us (mode 0700); refuse one someone else planted."""
+    try:
+        d.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(d)
+    except OSError as e:
+        raise SurgeryError(f"{d}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise SurgeryError(f"{d} is not a directory owned by uid {os.getuid()}")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(d, 0o700)
+
+
+def _drop_scratch(d: Path) -> None:
+    """Remove the scratch dir if it is empty (another rys process may still have files in it)."""
+    with contextlib.suppress(OSError):
+        d.rmdir()
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """`default_tmp_dir()`, created for the duration and removed on exit if left empty."""
+    d = default_tmp_dir()
+    _make_scratch(d)
+    try:
+        yield d
+    finally:
+        _drop_scratch(d)
 
 
 _tmp_counter = itertools.count()
@@ -1201,6 +1253,8 @@ def remove_stale_temporaries(tmp_dir: str | os.PathLike[str]) -> list[Path]:
             p.unlink()
             removed.append(p)
             log.warning("removed stale temp model %s (its writer is gone)", p)
+    if removed and _is_scratch(Path(tmp_dir)):
+        _drop_scratch(Path(tmp_dir))
     return removed
 
 
@@ -1208,15 +1262,35 @@ def remove_stale_temporaries(tmp_dir: str | os.PathLike[str]) -> list[Path]:
 def temporary_rewrite(source: str | os.PathLike[str] | SourceModel, layer_path_: Sequence[int],
                       tmp_dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
     """Write the rewritten model into `tmp_dir` (default: `default_tmp_dir()`), yield its path,
-    and delete it on exit, whatever happens."""
+    and delete it on exit, whatever happens. The scratch dir is created for the model and removed
+    with the last one in it."""
     src = source if isinstance(source, SourceModel) else SourceModel.open(source)
     d = Path(tmp_dir) if tmp_dir is not None else default_tmp_dir()
+    scratch = _is_scratch(d)
     target = d / _temp_name(_stem(src.paths[0]), layer_path.slug(layer_path_, 60))
     try:
-        yield rewrite(src, target, layer_path_)
+        yield _write_temporary(src, target, layer_path_, scratch)
     finally:
         with contextlib.suppress(FileNotFoundError):
             target.unlink()
+        if scratch:
+            _drop_scratch(d)
+
+
+def _write_temporary(src: SourceModel, target: Path, layer_path_: Sequence[int],
+                     scratch: bool) -> Path:
+    """`rewrite` into the temporary `target`. Whoever empties the scratch dir removes it, so
+    another rys process can remove it between our mkdir and our first file: then make it again,
+    once (a file of ours in it keeps it from then on)."""
+    if scratch:
+        _make_scratch(target.parent)
+    try:
+        return rewrite(src, target, layer_path_)
+    except (SurgeryError, OSError):
+        if not scratch or target.parent.exists():
+            raise
+    _make_scratch(target.parent)
+    return rewrite(src, target, layer_path_)
 
 
 # ============================================================================================

@@ -1929,16 +1929,13 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
             raise _usage(f"{store.path} cannot be resumed: {why}; write to another file with -o, "
                          f"or pass --force to append anyway")
     if isinstance(eng, E.PhysicalEngine):
-        created = not eng.tmp_dir.exists()
-        eng.tmp_dir.mkdir(parents=True, exist_ok=True)
         gguf_surgery.remove_stale_temporaries(eng.tmp_dir)
         try:  # every worker may hold a rewritten model at the same time
             eng.check_space([c.path for c in plan], copies=len(engines))
         except E.NoSpace as exc:
-            if created:
-                with contextlib.suppress(OSError):
-                    eng.tmp_dir.rmdir()
             raise _usage(str(exc)) from None
+        if args.tmp_dir:  # the default scratch dir is made by each rewrite, see temporary_rewrite
+            eng.tmp_dir.mkdir(parents=True, exist_ok=True)
     return sweep
 
 
@@ -1951,9 +1948,7 @@ def _tmp_dir(args: argparse.Namespace) -> Path:
         except gguf_surgery.SurgeryError as exc:
             raise _usage(f"no usable tmp dir ({exc}); pass --tmp-dir") from None
     tmp_dir = Path(args.tmp_dir)
-    ancestor = tmp_dir
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    ancestor = gguf_surgery.nearest_existing(tmp_dir)
     if not ancestor.is_dir():
         raise _usage(f"--tmp-dir: {ancestor} is not a directory")
     try:

@@ -12,6 +12,7 @@ Targets: warm speed >= 0.7x cp speed, cold time within 5x cp time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -52,13 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         import llama_server
 
         model = llama_server.demo_model_path()
-    base = Path(args.dir) if args.dir else gguf_surgery.default_tmp_dir()
-    work = base / f"bench-surgery-{os.getpid()}"
-    work.mkdir(parents=True)
-    try:
-        return _run(model, work, args.reps)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        base = Path(args.dir) if args.dir else stack.enter_context(gguf_surgery.scratch_dir())
+        work = base / f"bench-surgery-{os.getpid()}"
+        work.mkdir(parents=True)
+        try:
+            return _run(model, work, args.reps)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _run(model: Path, work: Path, reps: int) -> int:

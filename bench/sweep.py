@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
           f"parallel {args.parallel}, ctx {ctx}, server args {extra}")
     # Pairs are interleaved (A, B, A, B, ...) and ratios taken per pair, then the median: on a
     # shared machine the load drifts, and a pair measured back to back sees about the same load.
-    with tempfile.TemporaryDirectory(prefix="rys-bench-", dir=gguf_surgery.default_tmp_dir()) as d:
+    with gguf_surgery.scratch_dir() as scratch, \
+            tempfile.TemporaryDirectory(prefix="rys-bench-", dir=scratch) as d:
         if 1 in sections:
             section_overhead(src, model, binary, args, ctx, Path(d), extra)
         if 2 in sections:

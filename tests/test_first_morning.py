@@ -217,6 +217,21 @@ def test_an_unwritable_tmp_dir_leaves_no_files(model, tmp_path, capsys, llama_se
     assert _left_behind(out) == []
 
 
+@pytest.mark.parametrize("given", [True, False], ids=["--tmp-dir", "default"])
+def test_a_tmp_dir_without_room_is_not_created(model, tmp_path, capsys, llama_server_bin,
+                                               monkeypatch, given):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(gguf_surgery, "_scratch_bases", lambda: (shm,))
+    monkeypatch.setattr(gguf_surgery, "free_bytes", lambda d: 2**20)
+    out = tmp_path / "res" / "X.jsonl"
+    extra = ["--tmp-dir", str(shm / "new" / "dir")] if given else []
+    assert sweep.main(_sweep_argv(model, out, "--llama-server", llama_server_bin, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not enough space" in err[0]
+    assert list(shm.iterdir()) == [] and not out.parent.exists()
+
+
 def test_a_refused_results_file_gets_no_sidecars(model, tmp_path, capsys, llama_server_bin):
     out = tmp_path / "X.jsonl"
     other = R.SweepRecord(key="0" * 16, path="0..17", kind=R.Kind.BASELINE,

@@ -419,7 +419,7 @@ def test_target_is_the_source(tiny, tmp_path):
 
 
 def test_no_room(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "_free_bytes", lambda d: 1000)
+    monkeypatch.setattr(S, "free_bytes", lambda d: 1000)
     with pytest.raises(SurgeryError, match=r"not enough space .* need \d+ bytes .* 1000 free"):
         S.rewrite(tiny, tmp_path / "o.gguf", L.duplicate(0, 2, 6))
     assert _files(tmp_path) == {"tiny.gguf"}
@@ -498,12 +498,68 @@ def test_temporary_files_are_recognised_with_their_writer_pid(tiny, tmp_path, mo
     assert S.temp_owner_pid("model.Q4_K_M.gguf") is None
 
 
-def test_default_tmp_dir_is_private():
+@pytest.fixture
+def scratch_base(tmp_path, monkeypatch):
+    """A private stand-in for /dev/shm, so the scratch dir's life can be watched exactly."""
+    base = tmp_path / "shm"
+    base.mkdir()
+    monkeypatch.setattr(S, "_scratch_bases", lambda: (base,))
+    return base
+
+
+def test_default_tmp_dir_is_private_and_lives_only_while_used(tiny, scratch_base):
     d = S.default_tmp_dir()
-    st = os.lstat(d)
-    assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
-    assert stat.S_IMODE(st.st_mode) == 0o700
-    assert d.name == f"rys-{os.getuid()}"
+    assert d == scratch_base / f"rys-{os.getuid()}"
+    assert not d.exists()  # named, not created
+    with S.temporary_rewrite(tiny, L.duplicate(1, 3, 6)) as p:
+        assert p.parent == d
+        st = os.lstat(d)
+        assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+        assert stat.S_IMODE(st.st_mode) == 0o700
+        with S.temporary_rewrite(tiny, L.identity(6)) as p2:
+            assert p2.parent == d
+        assert d.is_dir() and p.exists()  # still holding the first model
+    assert list(scratch_base.iterdir()) == []
+    with S.scratch_dir() as d2:
+        assert d2 == d and stat.S_IMODE(os.lstat(d).st_mode) == 0o700
+    assert list(scratch_base.iterdir()) == []
+
+
+def test_scratch_dir_stays_while_another_process_has_files(tiny, scratch_base):
+    d = scratch_base / f"rys-{os.getuid()}"
+    d.mkdir(mode=0o755)
+    other = d / "tiny.other.gguf"
+    other.write_bytes(b"x")
+    with S.temporary_rewrite(tiny, L.identity(6)):
+        assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700  # made private
+    assert list(d.iterdir()) == [other]
+
+
+def test_temporary_rewrite_remakes_a_scratch_dir_removed_under_it(tiny, scratch_base, monkeypatch):
+    """Another rys process emptied and removed the dir between our mkdir and our first file."""
+    real, calls = S.rewrite, []
+
+    def racing_rewrite(src, target, path):
+        calls.append(target)
+        if len(calls) == 1:
+            target.parent.rmdir()
+        return real(src, target, path)
+
+    monkeypatch.setattr(S, "rewrite", racing_rewrite)
+    with S.temporary_rewrite(tiny, L.identity(6)) as p:
+        assert p.exists()
+    assert len(calls) == 2 and list(scratch_base.iterdir()) == []
+
+
+def test_removing_stale_temporaries_drops_the_emptied_scratch_dir(scratch_base):
+    d = scratch_base / f"rys-{os.getuid()}"
+    d.mkdir(mode=0o700)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = proc.pid
+    (d / f"tiny.x.{dead}-0.gguf").write_bytes(b"x")
+    assert [p.name for p in S.remove_stale_temporaries(d)] == [f"tiny.x.{dead}-0.gguf"]
+    assert not d.exists()
 
 
 def test_verify(tiny, tmp_path):
@@ -574,7 +630,7 @@ def test_cli_bad_input(tiny, tmp_path, capsys, monkeypatch, case):
         out = tiny
         expect = "is the source model"
     elif case == "no_room":
-        monkeypatch.setattr(S, "_free_bytes", lambda d: 10)
+        monkeypatch.setattr(S, "free_bytes", lambda d: 10)
         expect = "not enough space"
     elif case == "missing_dir":
         out = tmp_path / "nope" / "out.gguf"
@@ -620,7 +676,8 @@ def test_rys_path_tmp_check(tiny, capsys):
     assert S.path_main([str(tiny), "-p", "0..3,2..5", "--tmp-check"]) == 0
     printed = capsys.readouterr().out
     assert "verified" in printed and "8 layers" in printed
-    leftover = [p for p in S.default_tmp_dir().iterdir() if p.name.startswith("tiny.")]
+    d = S.default_tmp_dir()
+    leftover = [p for p in d.iterdir() if p.name.startswith("tiny.")] if d.exists() else []
     assert leftover == []
 
 
