@@ -20,6 +20,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 from typing import Callable, NoReturn, Sequence
 
 EXIT_OK = 0
@@ -121,6 +122,18 @@ class ArgumentParser(argparse.ArgumentParser):
         return out
 
 
+def unwritable(directory: str | os.PathLike[str]) -> str | None:
+    """Why nothing can be created in ``directory``, or None. A real probe (a file made and
+    removed): access() says yes to root everywhere, /proc included."""
+    try:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".rys-write-check-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -135,15 +148,15 @@ def run(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str] | N
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return main(args)
-    except (UsageError, *usage_errors) as exc:
-        return fail(prog, exc, EXIT_USAGE)
-    except (Failure, *failures) as exc:
-        return fail(prog, exc, EXIT_FAILURE)
-    except BrokenPipeError:
+    except BrokenPipeError:  # first: a command's usage_errors may include OSError
         # the reader (e.g. `| head`) is gone: stop quietly; stdout must not be flushed again
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
+    except (UsageError, *usage_errors) as exc:
+        return fail(prog, exc, EXIT_USAGE)
+    except (Failure, *failures) as exc:
+        return fail(prog, exc, EXIT_FAILURE)
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED

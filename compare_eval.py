@@ -36,7 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -679,9 +679,7 @@ def echo_logprobs_answer(url: str, timeout: float = 60.0) -> tuple[bool, str]:
     except ValueError:
         return False, f"HTTP {r.status_code}, not JSON"
     if r.status_code != 200:
-        err = body.get("error") if isinstance(body, dict) else None
-        msg = err.get("message") if isinstance(err, dict) else err
-        return False, f"HTTP {r.status_code} {msg or ''}".strip()
+        return False, f"HTTP {r.status_code} {llama_server.error_message(r) or ''}".strip()
     try:
         lp = body["choices"][0]["logprobs"]["token_logprobs"]
     except (KeyError, IndexError, TypeError):
@@ -876,15 +874,14 @@ class RunSettings:
                                 ctx_size=self.ctx_size)
 
 
-def make_engine(s: RunSettings, source: Any, stage: Any = None) -> E.Engine:
+def make_engine(s: RunSettings, source: Any) -> E.Engine:
     """The engine every run of one rys-eval call shares (the virtual one keeps one server)."""
-    return E.make_engine(s.engine, source, s.server_settings(), s.tmp_dir, stage=stage,
-                         **({"server_log": s.out / "server-virtual.log"}
-                            if s.engine == E.ENGINE_VIRTUAL else {}))
+    return E.make_engine(s.engine, source, s.server_settings(), s.tmp_dir,
+                         server_log=s.out / "server-virtual.log")
 
 
-def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None,
-            eng: E.Engine | None = None) -> RunOutcome:
+def run_one(plan: RunPlan, source: Any, s: RunSettings, eng: E.Engine,
+            bar: Any = None) -> RunOutcome:
     """Build (if a path), serve, evaluate, stop, delete; the run's files go to s.out/plan.name,
     with rys_eval_run.json saying what ran (also when it failed)."""
 
@@ -900,7 +897,7 @@ def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None,
         "status": "incomplete", "timings": {},
     }
     try:
-        results_file = _serve_and_evaluate(plan, source, s, run_dir, meta, bar, eng)
+        results_file = _serve_and_evaluate(plan, s, run_dir, meta, eng, bar)
         meta["status"] = "ok"
     except EvalError as exc:
         meta.update(status="error", error=str(exc))
@@ -914,8 +911,8 @@ def run_one(plan: RunPlan, source: Any, s: RunSettings, bar: Any = None,
     return RunOutcome(plan.name, run_dir, results_file, parsed, meta)
 
 
-def _serve_and_evaluate(plan: RunPlan, source: Any, s: RunSettings, run_dir: Path,
-                        meta: dict[str, Any], bar: Any, eng: E.Engine | None = None) -> Path:
+def _serve_and_evaluate(plan: RunPlan, s: RunSettings, run_dir: Path, meta: dict[str, Any],
+                        eng: E.Engine, bar: Any) -> Path:
     """The body of run_one: returns the results file lm-eval wrote; fills meta as it goes."""
     timings = meta["timings"]
     before = set(run_dir.glob("results_*.json"))
@@ -926,15 +923,14 @@ def _serve_and_evaluate(plan: RunPlan, source: Any, s: RunSettings, run_dir: Pat
             bar.set_description_str(f"{plan.name}: {text}")
             bar.set_postfix_str("")
 
-    own = eng is None
-    eng = eng or make_engine(s, source)
     eng.stage = stage
     serving = eng.serve(plan.layer_path, run_dir / "server.log")
     try:
         with contextlib.ExitStack() as stack:
-            if own:
-                stack.enter_context(eng)
-            served = stack.enter_context(serving)
+            try:
+                served = stack.enter_context(serving)
+            except (gguf_surgery.SurgeryError, E.NoSpace, OSError) as exc:
+                raise EvalError(f"{plan.name}: building the GGUF failed: {exc}") from exc
             timings["surgery_s"] = round(served.surgery_s, 3)
             timings["load_s"] = round(served.load_s, 3)
             concurrent = s.num_concurrent or served.slots
@@ -959,11 +955,7 @@ def _serve_and_evaluate(plan: RunPlan, source: Any, s: RunSettings, run_dir: Pat
                 served.check_alive()  # a crashed server explains the failure best
                 raise EvalError(f"{plan.name}: lm-eval exited with code {code}; "
                                 f"{run_dir / 'lm_eval.log'}: {_tail(run_dir / 'lm_eval.log')}")
-    except (gguf_surgery.SurgeryError, E.NoSpace, E.EngineError) as exc:
-        raise EvalError(f"{plan.name}: building the GGUF failed: {exc}") from exc
-    except OSError as exc:
-        raise EvalError(f"{plan.name}: building the GGUF failed: {exc}") from exc
-    except llama_server.ServerError as exc:
+    except (E.EngineError, llama_server.ServerError) as exc:
         raise EvalError(f"{plan.name}: {exc}") from exc
     timings["total_s"] = round(time.monotonic() - t0, 3)
     results_file = _new_results_file(run_dir, before)
@@ -1129,10 +1121,10 @@ def prepare_run(args: argparse.Namespace) -> tuple[list[RunPlan], Any, RunSettin
         engine_name = E.resolve_engine(args.engine, binary)
     except (llama_server.ServerError, E.EngineError) as exc:
         raise UsageError(str(exc)) from exc
-    if engine_name == E.ENGINE_VIRTUAL and args.path is not None:
+    if args.path is not None:  # refused before anything runs, whichever engine serves it
         try:
-            E.VirtualEngine(source, E.ServerSettings(binary=binary)).check(lp)
-        except (gguf_surgery.SurgeryError, E.EngineError) as exc:
+            gguf_surgery.check_path(source, lp)
+        except gguf_surgery.SurgeryError as exc:
             raise UsageError(f"--path: {exc}") from exc
     include = str(Path(args.include_path).resolve()) if args.include_path else None
     index = load_task_index(include)
@@ -1187,7 +1179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with tqdm(total=len(plans), unit="run", disable=None, file=sys.stderr) as bar, \
             make_engine(settings, source) as eng:
         for plan in plans:
-            outcome = run_one(plan, source, settings, bar, eng)
+            outcome = run_one(plan, source, settings, eng, bar)
             outcomes.append(outcome)
             log.info("%s: %s (%.0fs)", plan.name, outcome.results_file, outcome.meta["timings"]["total_s"])
             bar.update(1)

@@ -22,9 +22,11 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
-import signal
+import re
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,17 +139,16 @@ class Serving(abc.ABC):
         self.server_args: list[str] = []
         self.log_path = log_path  # where the server's log for this config actually is
         self.started = False  # False after __enter__ failed: the server never answered
-        self.served: Served | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Served:
         try:
-            self.served = self._enter(self._stack)
+            served = self._enter(self._stack)
         except BaseException:
             self._stack.close()
             raise
         self.started = True
-        return self.served
+        return served
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
@@ -188,10 +189,7 @@ class Engine(abc.ABC):
     def kill(self) -> None:
         """SIGKILL every server of this engine now (from a signal handler; ``stop`` reaps)."""
         for server in list(self._live.values()):
-            proc = server.proc
-            if proc is not None and proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+            server.kill()
 
     def close(self) -> None:
         """Stop whatever the engine keeps running between configs."""
@@ -274,25 +272,18 @@ def _mib(n: int) -> str:
 def supports_layer_paths(binary: str) -> bool:
     """Whether a llama-server binary runs layer paths in place (built with --rys-patches): its
     ``--help`` lists ``--layer-path``. Asked once per binary."""
-    return _help_text(binary).find(LAYER_PATH_FLAG + " ") >= 0 or \
-        _help_text(binary).find(LAYER_PATH_FLAG + ",") >= 0
+    return re.search(re.escape(LAYER_PATH_FLAG) + "[ ,]", _help_text(binary)) is not None
 
 
-_HELP: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _help_text(binary: str) -> str:
-    if binary not in _HELP:
-        import subprocess
-
-        try:
-            out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60,
-                                 stdin=subprocess.DEVNULL)
-            _HELP[binary] = out.stdout + out.stderr
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.debug("%s --help failed: %s", binary, exc)
-            _HELP[binary] = ""
-    return _HELP[binary]
+    try:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.debug("%s --help failed: %s", binary, exc)
+        return ""
+    return out.stdout + out.stderr
 
 
 def resolve_engine(name: str, binary: str) -> str:
@@ -371,7 +362,7 @@ class VirtualEngine(Engine):
             self.server.check_alive(grace=3.0)
             raise EngineError(f"switching the layer path to {spec} failed: {exc}") from None
         if r.status_code != 200:
-            raise EngineError(f"the server refused layer path {spec}: {_error_text(r)}")
+            raise EngineError(f"the server refused layer path {spec}: {LS.error_message(r) or f'HTTP {r.status_code}: {r.text[:200]}'}")
         live = r.json().get("layer_path")
         if live != list(path):
             raise EngineError(f"the server reports layer path {live}, not {spec}")
@@ -394,8 +385,9 @@ class _VirtualServing(Serving):
     def _enter(self, stack: contextlib.ExitStack) -> Served:
         e = self.engine
         t0 = time.monotonic()
-        started = e.server is None or e.server.proc is None or e.server.proc.poll() is not None
+        before = e.server
         server = e.ensure_server(self.log_path)
+        started = server is not before
         self.server_args = server.command[1:]
         e.stage("switching layer path")
         if e.live_path == self.path:
@@ -407,24 +399,13 @@ class _VirtualServing(Serving):
         return Served(server.url, server.total_slots, server, 0.0, load_s)
 
 
-def _error_text(r: requests.Response) -> str:
-    try:
-        body = r.json()
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    except ValueError:
-        pass
-    return f"HTTP {r.status_code}: {r.text[:200]}"
-
-
 def make_engine(name: str, source: gguf_surgery.SourceModel, settings: ServerSettings,
-                tmp_dir: str | os.PathLike | None = None, **kw) -> Engine:
-    """The engine called ``name`` (already resolved: physical or virtual)."""
+                tmp_dir: str | os.PathLike | None = None,
+                server_log: str | os.PathLike | None = None, **kw) -> Engine:
+    """The engine called ``name`` (already resolved: physical or virtual). ``tmp_dir`` is where a
+    physical engine rewrites; ``server_log`` the one log of a virtual engine's lasting server."""
     if name == ENGINE_VIRTUAL:
-        return VirtualEngine(source, settings, **kw)
+        return VirtualEngine(source, settings, server_log=server_log, **kw)
     return PhysicalEngine(source, settings, tmp_dir, **kw)
 
 

@@ -128,6 +128,18 @@ def patched_build_path() -> Path | None:
     return path if path is not None and path.is_file() and os.access(path, os.X_OK) else None
 
 
+def error_message(r: requests.Response) -> str | None:
+    """The message of a llama-server error reply (``{"error": {"message": ...}}`` or
+    ``{"error": "..."}``), or None."""
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    err = body.get("error") if isinstance(body, dict) else None
+    msg = err.get("message") if isinstance(err, dict) else err
+    return str(msg) if msg else None
+
+
 @functools.lru_cache(maxsize=None)
 def server_version(binary: str) -> str:
     """``llama-server --version`` as one line (e.g. ``version: 11434 (abc123)``), for records."""
@@ -212,7 +224,6 @@ REPACK_FLAGS = ("--repack", "--no-repack", "-nr")
 ENV_REPACK = "LLAMA_ARG_REPACK"
 VERDICTS_FILE = "server-verdicts.json"
 _remembered_here: dict[tuple, tuple[str, ...]] = {}  # this process's verdicts, even unsaved ones
-_told: set[tuple] = set()
 
 
 def crash_signal(returncode: int | None) -> str | None:
@@ -261,11 +272,9 @@ def remembered_args(binary: str) -> tuple[str, ...]:
     if (isinstance(entry, dict) and entry.get("size") == bid[1]
             and entry.get("mtime_ns") == bid[2] and isinstance(entry.get("args"), list)):
         args = tuple(str(a) for a in entry["args"])
-        _remembered_here[bid] = args
-        if bid not in _told:
-            _told.add(bid)
-            log.info("using %s for %s: without it, it died with %s while loading (remembered in %s)",
-                     " ".join(args), bid[0], entry.get("signal", "a signal"), _verdicts_path())
+        _remembered_here[bid] = args  # read (and said) once per process
+        log.info("using %s for %s: without it, it died with %s while loading (remembered in %s)",
+                 " ".join(args), bid[0], entry.get("signal", "a signal"), _verdicts_path())
         return args
     return ()
 
@@ -276,7 +285,6 @@ def remember_args(binary: str, args: Sequence[str], signal_name: str) -> None:
     if bid is None:
         return
     _remembered_here[bid] = tuple(args)
-    _told.add(bid)
     path = _verdicts_path()
     verdicts = _read_verdicts()
     verdicts[bid[0]] = {"size": bid[1], "mtime_ns": bid[2], "args": list(args),
@@ -408,7 +416,7 @@ class LlamaServer:
             except ValueError:
                 raise ServerError(f"bad --port {user_port!r} in the server arguments") from None
         user_repack = sets_repack(self.extra_args, self.env)
-        self.fallback_args = () if user_repack else remembered_args(self.binary)
+        self.fallback_args = self.remembered_fallback()
         explicit_port = self.port is not None
         try:
             try:
@@ -584,6 +592,17 @@ class LlamaServer:
                 os.unlink(self.log_path)
             self.log_path = None
         return code
+
+    def remembered_fallback(self) -> tuple[str, ...]:
+        """What a start adds from this binary's remembered verdict (nothing when the user's own
+        arguments or environment choose repacking)."""
+        return () if sets_repack(self.extra_args, self.env) else remembered_args(self.binary)
+
+    def kill(self) -> None:
+        """SIGKILL the process group now, without waiting (safe in a signal handler; ``stop``
+        reaps it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            _signal_group(self.proc, signal.SIGKILL)
 
     def _terminate(self) -> int | None:
         proc = self.proc

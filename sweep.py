@@ -31,7 +31,6 @@ import queue
 import shlex
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -573,18 +572,14 @@ class ResultsStore:
                 raise SweepError(f"cannot write results to {p}: permission denied")
         if all(p.exists() for p in (self.path, self.items_path, self.logs_dir)):
             return
-        ancestor = self.path.parent
-        while not ancestor.exists():  # where the missing files and directories would be made
-            ancestor = ancestor.parent
+        # where the missing files and directories would be made
+        ancestor = gguf_surgery.nearest_existing(self.path.parent)
         if not ancestor.is_dir():
             raise SweepError(f"cannot write results to {self.path}: {ancestor} is not a directory")
-        try:  # a real probe: access() says yes to root even where nothing can be created
-            fd, name = tempfile.mkstemp(dir=ancestor, prefix=".rys-write-check-")
-            os.close(fd)
-            os.unlink(name)
-        except OSError as exc:
+        why = cli.unwritable(ancestor)
+        if why:
             raise SweepError(f"cannot write results to {self.path}: {ancestor} is not writable "
-                             f"({exc.strerror or exc})") from None
+                             f"({why})")
 
     def create(self) -> None:
         """Create the files and the logs dir (after every check passed)."""
@@ -1749,8 +1744,7 @@ def run_preview(sweep: Sweep) -> list[str]:
     model = sweep.src.paths[0]
     example = eng.settings.server(model, None)
     example.port, example._token = 0, "rys-<token>"
-    example.fallback_args = () if LS.sets_repack(example.extra_args) else \
-        LS.remembered_args(binary)
+    example.fallback_args = example.remembered_fallback()
     cmd = [*example.command[:1], "--model", "<rewritten model>" if eng.name == R.ENGINE_PHYSICAL
            else str(model), *example.command[3:]]
     out.append("server command: " + shlex.join(cmd).replace("--port 0", "--port <free port>"))
@@ -1895,8 +1889,7 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
     results = Path(args.output) if args.output else Path("rys-results") / f"{model.stem}.jsonl"
     logs = R.results_paths(results)["logs"]
     engines = [E.make_engine(engine_name, source, ws, tmp_dir,
-                             **({"server_log": logs / f"virtual-{ws.name or 'server'}.log"}
-                                if engine_name == E.ENGINE_VIRTUAL else {}))
+                             server_log=logs / f"virtual-{ws.name or 'server'}.log")
                for ws in per_worker]
     eng = engines[0]
     plan, refused = filter_refused(plan, eng)
@@ -1951,12 +1944,9 @@ def _tmp_dir(args: argparse.Namespace) -> Path:
     ancestor = gguf_surgery.nearest_existing(tmp_dir)
     if not ancestor.is_dir():
         raise _usage(f"--tmp-dir: {ancestor} is not a directory")
-    try:
-        fd, name = tempfile.mkstemp(dir=ancestor, prefix=".rys-write-check-")
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise _usage(f"--tmp-dir: {ancestor} is not writable ({exc.strerror or exc})") from None
+    why = cli.unwritable(ancestor)
+    if why:
+        raise _usage(f"--tmp-dir: {ancestor} is not writable ({why})")
     return tmp_dir
 
 

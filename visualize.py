@@ -1652,18 +1652,6 @@ def render(opts: Options, sweeps: list[Sweep], write_plots: bool,
     return written
 
 
-def _writable_dir(d: Path) -> str | None:
-    """Why nothing can be created in directory ``d`` (a real probe: root passes access()
-    everywhere, /proc included), or None."""
-    try:
-        fd, name = tempfile.mkstemp(dir=d, prefix=".rys-plot-check-")
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
 def check_output_file(path: Path, option: str) -> None:
     """InputError unless ``path`` can be written as a file, without creating anything: its
     directory must exist (as rys-path requires; a typo must not create /nonexistent/)."""
@@ -1672,7 +1660,7 @@ def check_output_file(path: Path, option: str) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{option} {path}: the directory {parent} does not exist")
-    why = _writable_dir(parent)
+    why = cli.unwritable(parent)
     if why or (path.exists() and not os.access(path, os.W_OK)):
         raise InputError(f"{option} {path} cannot be written: {why or 'permission denied'}")
 
@@ -1680,15 +1668,12 @@ def check_output_file(path: Path, option: str) -> None:
 def check_output_dir(path: Path, option: str) -> None:
     """InputError unless plots can be written into ``path`` (it may be created, its parent
     must exist)."""
-    if path.exists():
-        if not path.is_dir():
-            raise InputError(f"{option} {path} is not a directory")
-        why = _writable_dir(path)
-    else:
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"{option} {path}: the directory {parent} does not exist")
-        why = _writable_dir(parent)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} is not a directory")
+    where = path if path.exists() else path.parent if str(path.parent) else Path(".")
+    if not where.is_dir():
+        raise InputError(f"{option} {path}: the directory {where} does not exist")
+    why = cli.unwritable(where)
     if why:
         raise InputError(f"{option} {path} cannot be written: {why}")
 

@@ -103,9 +103,7 @@ def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: st
     tmp.mkdir()
     source = gguf_surgery.SourceModel.open(model)
     suite = sweep.Suite.resolve(probes_spec, "dev", None)
-    engines = [E.make_engine(engine, source, ws, tmp,
-                             **({"server_log": workdir / f"{name}-virtual.log"}
-                                if engine == E.ENGINE_VIRTUAL else {}))
+    engines = [E.make_engine(engine, source, ws, tmp, server_log=workdir / f"{name}-virtual.log")
                for ws in E.worker_settings(base, workers=workers)]
     with contextlib.redirect_stdout(io.StringIO()):  # the sweep's own report
         sweep.Sweep(opts, source, suite, engines).run()

@@ -360,3 +360,22 @@ def test_run_lm_eval_logs_output_shows_progress_and_returns_exit_code(tmp_path):
     text = log_path.read_text()
     assert "### rys-eval:" in text and "loading" in text and "Requesting API: 40%" in text
     assert bar.shown[-1] == "Requesting API: 40%"
+
+
+@pytest.mark.parametrize("engine", ["physical", "virtual"])
+def test_run_refuses_a_path_the_architecture_refuses_before_anything_runs(tmp_path, capsys,
+                                                                          engine):
+    """Both engines: one line and exit 2 at once, not a failed rewrite after a baseline run."""
+    import gguf_fixtures as F
+
+    model = F.write_model(tmp_path / "g.gguf", F.ModelSpec(
+        arch="gemma3", n_layers=62, kv={"{arch}.attention.sliding_window": 512}))
+    server = tmp_path / "llama-server"  # never started: the path is refused first
+    server.write_text("#!/bin/sh\necho '--layer-path SPEC'\n")
+    server.chmod(0o755)
+    out = tmp_path / "out"
+    code = ce.main(["run", str(model), "--path", "0..61,61", "--baseline", "--tasks", "gsm8k",
+                    "--engine", engine, "--llama-server", str(server), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("rys-eval: error: --path:")
+    assert "62" in err[0] and not out.exists()

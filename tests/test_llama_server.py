@@ -409,7 +409,6 @@ def standin(tmp_path, monkeypatch):
     monkeypatch.setenv("RYS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("LLAMA_ARG_REPACK", raising=False)
     monkeypatch.setattr(LS, "_remembered_here", {})
-    monkeypatch.setattr(LS, "_told", set())
     count = tmp_path / "launches"
     monkeypatch.setenv("STANDIN_COUNT", str(count))
     monkeypatch.setenv("STANDIN_SIGNAL", "ILL")
@@ -458,7 +457,6 @@ def test_crash_while_loading_retries_once_without_repack_and_remembers(
 
     # a later run (a fresh process: nothing in memory) starts with the flag, no crash first
     monkeypatch.setattr(LS, "_remembered_here", {})
-    monkeypatch.setattr(LS, "_told", set())
     caplog.clear()
     with caplog.at_level("WARNING", logger="rys.server"):
         with LS.LlamaServer(model_file, binary=str(binary)) as srv:

@@ -123,3 +123,14 @@ def test_options_are_never_abbreviated(command, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / script), *sub, *abbrev], capture_output=True,
                        text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr, r.stderr
+
+
+def test_a_closed_pipe_ends_quietly_even_where_os_errors_are_bad_input(capsys):
+    """rys-path counts OSError as bad input; a reader gone (`| head`) is still no error line."""
+    import cli
+
+    def main(argv):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert cli.run("rys-path", main, [], usage_errors=(OSError,)) == cli.EXIT_FAILURE
+    assert capsys.readouterr().err == ""
