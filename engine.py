@@ -43,6 +43,7 @@ log = logging.getLogger("rys.engine")
 
 ENGINE_VIRTUAL = "virtual"
 ENGINES = (ENGINE_PHYSICAL, ENGINE_VIRTUAL)
+DEFAULT_CTX_PER_SLOT = 4096  # context per slot rys asks for unless told otherwise
 SPACE_MARGIN = 16 << 20  # a rewrite needs its exact size plus a little for the filesystem
 LAYER_PATH_FLAG = "--layer-path"
 SWITCH_ENDPOINT = "/layer-path"

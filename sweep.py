@@ -54,8 +54,6 @@ log = logging.getLogger("rys.sweep")
 PROG = "rys-sweep"
 DEFAULT_BLOCK_SIZES = (3, 4, 5)
 DEFAULT_PARALLEL = 4
-DEFAULT_CTX_PER_SLOT = 4096
-EXIT_BAD_ARGS = cli.EXIT_USAGE
 EXIT_INTERRUPTED = cli.EXIT_INTERRUPTED
 
 
@@ -441,12 +439,6 @@ def make_record(*, key: str, cfg: Config, status: str, error: str | None,
                  if cfg.kind == Kind.CONFIRM else None))
 
 
-def fmt_delta(d: Delta | None, digits: int = 3) -> str:
-    if d is None or d.delta is None:
-        return "n/a"
-    return f"{d.delta:+.{digits}f}±{(d.stderr or 0.0):.{digits}f}"
-
-
 def record_line(rec: SweepRecord, index: int | None = None, total: int | None = None) -> str:
     """The one line printed per finished config."""
     head = f"[{index}/{total}] " if index is not None and total else ""
@@ -458,8 +450,8 @@ def record_line(rec: SweepRecord, index: int | None = None, total: int | None = 
         return f"{head}{what}  ERROR {err}  {secs:.1f}s"
     parts = []
     if rec.delta:
-        parts += [f"{name} {fmt_delta(d)}" for name, d in rec.delta.items()]
-        parts.append(f"combined {fmt_delta(rec.combined_delta)}")
+        parts += [f"{name} {R.fmt_delta(d)}" for name, d in rec.delta.items()]
+        parts.append(f"combined {R.fmt_delta(rec.combined_delta)}")
     else:
         parts += [f"{name} {p.score:.3f}" for name, p in rec.probes.items() if p.score is not None]
         if rec.combined is not None:
@@ -809,6 +801,11 @@ class Worker:
     def alive(self) -> bool:
         return self.stopped is None
 
+    def count(self, m: Measurement) -> None:
+        """Count a measurement this worker made (the summary's per-worker figures)."""
+        self.configs += 1
+        self.errors += m.status != R.OK
+
 
 class WorkerPool:
     """Several workers measuring jobs side by side, each on its own engine (one server each).
@@ -878,8 +875,7 @@ class WorkerPool:
                 raise exc
             if self._handed_on(w, n, m):
                 continue
-            w.configs += 1
-            w.errors += m.status != R.OK
+            w.count(m)
             done[n] = record(jobs[n], m)
         return done
 
@@ -1014,8 +1010,7 @@ class Sweep:
             w = next(w for w in self.workers if w.alive)
             for n in todo:
                 m = self._measure(jobs[n], w.engine)
-                w.configs += 1
-                w.errors += m.status != R.OK
+                w.count(m)
                 outcomes[n] = self._record(jobs[n], m)
         return [o for o in outcomes if o is not None]
 
@@ -1164,8 +1159,7 @@ class Sweep:
     def combined_delta(self, rec: SweepRecord) -> Delta | None:
         if not rec.ok or not rec.delta:
             return None
-        cd = R.combined_delta(rec.delta, self.weights)
-        return None if cd is None or cd.delta is None else cd
+        return R.combined_delta(rec.delta, self.weights)
 
     def combined_now(self, rec: SweepRecord) -> float | None:
         if not rec.ok:
@@ -1350,14 +1344,9 @@ class Sweep:
         for rnd in range(max(1, self.o.refine_rounds)):
             scored = [(c, v) for c, r in self.ranked() if (v := self.rank_value(r)) is not None]
             new = plan_refine(scored, self.src.n_layers, self.o.refine, done, self.o.refine_times)
-            ok = []
-            for c in new:
-                try:
-                    self.engine.check(c.path)
-                    ok.append(c)
-                except (gguf_surgery.SurgeryError, layer_path.LayerPathError,
-                        E.EngineError) as exc:  # refused by the architecture's rules
-                    log.info("refine: skipping %s: %s", c.config_label, exc)
+            ok, refused = filter_refused(new, self.engine)
+            for c, why in refused:  # refused by the architecture's rules
+                log.info("refine: skipping %s: %s", c.config_label, why)
             done += [c.path for c in new]
             if not ok:
                 break
@@ -1379,12 +1368,11 @@ class Sweep:
                                 confirm_of=rec.key) for cfg, rec in top])
         rows = []
         for (cfg, rec), out in zip(top, outs):
-            cd = R.combined_delta(out.record.delta, self.weights) if out.record.ok else None
-            dev_cd = R.combined_delta(rec.delta, self.weights)
-            holds = bool(cd and cd.delta is not None and cd.delta > 2 * (cd.stderr or 0))
+            cd = self.combined_delta(out.record)
+            holds = bool(cd and cd.delta > 2 * (cd.stderr or 0))
             rows.append({"key": rec.key, "confirm_key": out.record.key, "path": rec.path,
-                         "config": cfg.config_label, "dev": _delta_json(dev_cd),
-                         "test": _delta_json(cd), "status": out.record.status, "holds": holds})
+                         "config": cfg.config_label, "dev": R.to_json(self.combined_delta(rec)),
+                         "test": R.to_json(cd), "status": out.record.status, "holds": holds})
         self.confirm_rows = rows
 
     # ------------------------------------------------------------------ summary and report
@@ -1394,19 +1382,19 @@ class Sweep:
         ident = self.identity.record if self.identity else None
         if ident is None or not ident.ok:
             return {}
-        return R.noise_floor(ident.delta, R.combined_delta(ident.delta, self.weights))
+        return R.noise_floor(ident.delta, self.combined_delta(ident))
 
     def summary(self) -> dict:
         nf = self.noise()
         board = []
-        for rank, (cfg, rec) in enumerate(self.ranked()[: max(self.o.top, 1)], 1):
-            cd = R.combined_delta(rec.delta, self.weights)
+        top = self.ranked()[: max(self.o.top, 1)]
+        for rank, (cfg, rec) in enumerate(top, 1):
+            cd = self.combined_delta(rec)
             board.append({
                 "rank": rank, "key": rec.key, "path": rec.path, "kind": str(rec.kind),
-                "block": rec.block.to_json() if rec.block else None, "label": rec.label,
+                "block": R.to_json(rec.block), "label": rec.label,
                 "config": cfg.config_label, "combined": self.combined_now(rec),
-                "combined_delta": _delta_json(cd),
-                "delta": {n: _delta_json(d) for n, d in rec.delta.items()},
+                "combined_delta": R.to_json(cd), "delta": R.to_json(rec.delta),
                 "beyond_noise": R.beats_noise(cd, nf.get(R.COMBINED)),
             })
         base = self.baseline.record if self.baseline else None
@@ -1427,12 +1415,12 @@ class Sweep:
                 "combined": self.combined_now(base)},
             "identity": None if not ident else {
                 "key": ident.key, "status": ident.status,
-                "delta": {n: _delta_json(d) for n, d in ident.delta.items()},
-                "combined_delta": _delta_json(R.combined_delta(ident.delta, self.weights))},
+                "delta": R.to_json(ident.delta),
+                "combined_delta": R.to_json(self.combined_delta(ident))},
             "noise_floor": nf,
             "leaderboard": board,
-            "verdict": R.verdict(board[0]["config"] if board else None,
-                                 _delta_obj(board[0]["combined_delta"]) if board else None,
+            "verdict": R.verdict(top[0][0].config_label if top else None,
+                                 self.combined_delta(top[0][1]) if top else None,
                                  nf.get(R.COMBINED)),
             "counts": dict(self.counts),
             "timings": sums,
@@ -1479,8 +1467,8 @@ class Sweep:
                 verdict = "holds" if row["holds"] else (
                     "error" if row["status"] != R.OK else "noise")
                 out.append(f"  {row['config']:<16} {row['path']:<24} dev "
-                           f"{fmt_delta(_delta_obj(row['dev']))}  test "
-                           f"{fmt_delta(_delta_obj(row['test']))}  {verdict}")
+                           f"{R.fmt_delta(_delta_obj(row['dev']))}  test "
+                           f"{R.fmt_delta(_delta_obj(row['test']))}  {verdict}")
         c = summary["counts"]
         t = summary["timings_per_config"]
         out.append(f"{c['ran']} configs run ({c['ok']} ok, {c['error']} errors), {c['resumed']} "  # type: ignore[index]
@@ -1510,10 +1498,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return kk, nn
 
 
-def _delta_json(d: Delta | None) -> dict | None:
-    return None if d is None else {"delta": d.delta, "stderr": d.stderr}
-
-
 def _delta_obj(d: Mapping[str, float | None] | None) -> Delta | None:
     return None if d is None else Delta(d.get("delta"), d.get("stderr"))
 
@@ -1524,8 +1508,8 @@ def leaderboard_lines(board: Sequence[Mapping[str, object]],
     for e in board:
         deltas: Mapping[str, Mapping] = e.get("delta") or {}  # type: ignore[assignment]
         rows.append([str(e["rank"]), str(e.get("config") or e["kind"]), str(e["path"])]
-                    + [fmt_delta(_delta_obj(deltas.get(n))) for n in probe_names]
-                    + [fmt_delta(_delta_obj(e.get("combined_delta"))),  # type: ignore[arg-type]
+                    + [R.fmt_delta(_delta_obj(deltas.get(n))) for n in probe_names]
+                    + [R.fmt_delta(_delta_obj(e.get("combined_delta"))),  # type: ignore[arg-type]
                        "*" if e.get("beyond_noise") else ""])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
@@ -1611,7 +1595,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
                    help=f"server slots = concurrent probe requests (default {DEFAULT_PARALLEL})")
     s.add_argument("--ctx-size", type=int,
-                   help=f"total context (default {DEFAULT_CTX_PER_SLOT} per slot)")
+                   help=f"total context (default {E.DEFAULT_CTX_PER_SLOT} per slot)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--load-timeout", type=float, default=600.0,
                    help="seconds to wait for a healthy server (default 600)")
@@ -1714,9 +1698,7 @@ def print_plan(sweep: Sweep, args: argparse.Namespace,
     for c, why in refused:
         print(f"  refused: {c.spec}: {why}")
     if args.halving is not None and len(plan) > 1:
-        rungs = halving_rungs(len(plan), suite.max_items, args.halving, args.halving_min_items,
-                              max(1, args.confirm))
-        desc = ", ".join(f"{r.keep} configs x {r.limit} items" for r in rungs)
+        desc = ", ".join(f"{r.keep} configs x {r.limit} items" for r in sweep._rungs(len(plan)))
         print(f"halving (eta {args.halving}): {desc}")
     if args.refine:
         print(f"refine: up to {args.refine_rounds} rounds around the top {args.refine} blocks")
@@ -1872,7 +1854,7 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         engine_name = E.resolve_engine(args.engine, binary)
     except (LS.ServerError, E.EngineError) as exc:
         raise _usage(str(exc)) from None
-    ctx = args.ctx_size or (None if _sets_ctx(extra) else DEFAULT_CTX_PER_SLOT * args.parallel)
+    ctx = args.ctx_size or (None if _sets_ctx(extra) else E.DEFAULT_CTX_PER_SLOT * args.parallel)
     shard = parse_shard(args.shard) if args.shard else None
     if args.device_env and not args.devices:
         raise _usage("--device-env needs --devices (the values to give each worker)")

@@ -483,6 +483,13 @@ def beats_noise(delta: Delta | None, floor: float | None) -> bool:
     return delta is not None and significance(delta.delta, delta.stderr, floor) == "+"
 
 
+def fmt_delta(d: Delta | None, digits: int = 3) -> str:
+    """``+0.012±0.004`` (``n/a`` when unknown): how rys-sweep prints a delta."""
+    if d is None or d.delta is None:
+        return "n/a"
+    return f"{d.delta:+.{digits}f}±{(d.stderr or 0.0):.{digits}f}"
+
+
 def verdict(best_label: str | None, delta: Delta | None, floor: float | None) -> str:
     """The sentence a user reads first: which config is best, or that none beats the baseline.
 
@@ -490,8 +497,7 @@ def verdict(best_label: str | None, delta: Delta | None, floor: float | None) ->
     otherwise the sentence says so plainly and names the top candidate as within noise."""
     if best_label is None:
         return "no candidate config has finished yet"
-    d = "n/a" if delta is None or delta.delta is None else \
-        f"{delta.delta:+.3f}±{delta.stderr or 0.0:.3f}"
+    d = fmt_delta(delta)
     sig = "?" if delta is None else significance(delta.delta, delta.stderr, floor)
     if sig == "+":
         return f"best config: {best_label} (combined delta {d}, beyond the noise floor)"
@@ -726,13 +732,3 @@ def record_fields() -> dict[str, list[str]]:
     return {cls.__name__: [f.name for f in dataclasses.fields(cls)]
             for cls in (SweepRecord, ProbeScore, Delta, Timings, ServerInfo, ModelInfo, Settings,
                         ConfirmRef)}
-
-
-def probes_of(records: Sequence[SweepRecord]) -> list[str]:
-    """Probe names in first-seen order over records (the baseline's first)."""
-    names: list[str] = []
-    for r in records:
-        for n in list(r.probes) + list(r.delta):
-            if n not in names:
-                names.append(n)
-    return names

@@ -149,7 +149,7 @@ class Sweep:
     n_truncated: int = 0
     n_skipped: int = 0                         # records in neither format
     n_summaries: int = 0                       # sweep summaries the noise floor came from
-    baselines: list[tuple[str, float | None]] = field(default_factory=list)  # (file, combined)
+    baselines: list[float | None] = field(default_factory=list)  # each file's combined
     source_n_layers: int | None = None
     model: R.ModelInfo = field(default_factory=R.ModelInfo)
     run: dict[str, Any] = field(default_factory=dict)  # how it was measured (rys files): run_info
@@ -567,7 +567,7 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
                     f"largest of {g.n_summaries} summaries"
             base = next((r for r in rys if r.kind == R.Kind.BASELINE and r.ok), None)
             if base is not None:
-                g.baselines.append((str(path), base.combined))
+                g.baselines.append(base.combined)
     # labels must be unique: they name output files
     seen: dict[str, int] = {}
     out = []
@@ -582,7 +582,7 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
                 if n not in names:
                     names.append(n)
         g.probe_names = names
-        combined = {round(c, 9) for _, c in g.baselines if c is not None}
+        combined = {round(c, 9) for c in g.baselines if c is not None}
         if len(combined) > 1:
             log.warning("%s: the files measured different baselines (combined %s): each config's "
                         "delta is against its own file's baseline; the table shows the last one",

@@ -34,6 +34,10 @@ TASK = ROOT / "tests" / "data" / "lm_eval_tasks" / "rys_capitals" / "rys_obvious
 CTX_PER_SLOT = 1024
 
 
+def task_items() -> list[dict]:
+    return [json.loads(line) for line in TASK.read_text().splitlines()]
+
+
 def requests_for(url: str, repeat: int) -> list[list[int]]:
     """Token ids of context + choice for every item and choice, BOS first (as rys-eval sends)."""
     def tok(text: str, special: bool) -> list[int]:
@@ -43,8 +47,7 @@ def requests_for(url: str, repeat: int) -> list[list[int]]:
         return r.json()["tokens"]
 
     out = []
-    for line in TASK.read_text().splitlines():
-        item = json.loads(line)
+    for item in task_items():
         ctx = tok(item["context"], True)
         out += [ctx + tok(choice, False) for choice in item["choices"]]
     return out * repeat
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.reps):
         for slots in ((1, 4) if rep % 2 == 0 else (4, 1)):
             rates[slots].append(rate(binary, model, slots, extra, args.repeat))
-    n = 80 * args.repeat
+    n = sum(len(item["choices"]) for item in task_items()) * args.repeat
     print(f"log-likelihood requests per second ({n} requests per run, as rys-eval sends them for "
           f"a 4-choice task; one client per slot):")
     for slots in (1, 4):

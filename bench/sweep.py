@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import re
 import shlex
@@ -92,8 +91,8 @@ def bare_start(binary: str, model: Path, parallel: int, ctx: int, extra: list[st
 def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: str,
               workdir: Path, n_layers: int, extra: list[str], plan: list | None = None,
               workers: int = 1, name: str = "bench",
-              engine: str = "physical") -> tuple[list[R.SweepRecord], dict]:
-    """A sweep through the real runner: (its records, its summary)."""
+              engine: str = "physical") -> list[R.SweepRecord]:
+    """A sweep through the real runner: its records."""
     plan = plan or [sweep.block_config(4, 7, n_layers), sweep.block_config(8, 11, n_layers)]
     base = E.ServerSettings(binary=binary, parallel=parallel, ctx_size=ctx,
                             extra_args=list(extra))
@@ -107,8 +106,7 @@ def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: st
                for ws in E.worker_settings(base, workers=workers)]
     with contextlib.redirect_stdout(io.StringIO()):  # the sweep's own report
         sweep.Sweep(opts, source, suite, engines).run()
-    summary = json.loads(R.results_paths(opts.results)["summary"].read_text())
-    return R.read_records(opts.results).records, summary
+    return R.read_records(opts.results).records
 
 
 STRATEGIES = {
@@ -192,8 +190,8 @@ def section_overhead(src, model: Path, binary: str, args, ctx: int, work: Path,
 
 def section_split(src, model: Path, binary: str, args, ctx: int, work: Path,
                   extra: list[str]) -> None:
-    recs, _ = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work, src.n_layers,
-                        extra)
+    recs = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work, src.n_layers,
+                     extra)
     print(f"\n2. a small sweep, probes {args.sweep_probes}: time split per config (seconds)")
     print(f"   {'config':<16}{'surgery':>9}{'load':>8}{'probes':>9}{'stop+rm':>9}{'total':>8}")
     for r in recs:
@@ -230,20 +228,25 @@ def section_throughput(label: str, spec: str, model: Path, binary: str, args, ct
     print("   (target: rys-sweep >= 1.6x one request at a time)")
 
 
+def section_plan(n_layers: int) -> list[sweep.Config]:
+    """The plan sections 5 and 6 time: four 3-layer blocks."""
+    return sweep.plan_blocks(n_layers, [3], stride=3, start_min=2, start_max=11)
+
+
 def section_workers(src, model: Path, binary: str, args, ctx: int, work: Path,
                     extra: list[str]) -> None:
     """Configs per hour of the same plan with 1 worker (all threads) and 2 workers (half the
     threads each), alternating A, B, A, B on fresh results files."""
     threads = os.cpu_count() or 2
-    plan = sweep.plan_blocks(src.n_layers, [3], stride=3, start_min=2, start_max=11)
+    plan = section_plan(src.n_layers)
     rates: dict[int, list[float]] = {1: [], 2: []}
     for rep in range(args.reps if args.reps > 1 else 1):
         for workers in ((1, 2) if rep % 2 == 0 else (2, 1)):
             t = ["-t", str(max(1, threads // workers))]
             t0 = time.monotonic()
-            recs, summ = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work,
-                                   src.n_layers, [*extra, *t], plan, workers,
-                                   name=f"w{workers}-{rep}")
+            recs = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work,
+                             src.n_layers, [*extra, *t], plan, workers,
+                             name=f"w{workers}-{rep}")
             wall = time.monotonic() - t0
             rates[workers].append(len(recs) / wall * 3600)
     print(f"\n5. configs per hour, {len(plan)} configs + baseline + identity, probes "
@@ -298,14 +301,14 @@ def section_engines(src, model: Path, args, ctx: int, work: Path, extra: list[st
         print("\n6. physical vs virtual: skipped, no --rys-patches llama-server (build it with "
               "scripts/build_llama_server.sh --rys-patches, or pass --patched-server)")
         return
-    plan = sweep.plan_blocks(src.n_layers, [3], stride=3, start_min=2, start_max=11)
+    plan = section_plan(src.n_layers)
     rows: dict[str, list[dict]] = {"physical": [], "virtual": []}
     for rep in range(max(1, args.reps)):
         for engine in (("physical", "virtual") if rep % 2 == 0 else ("virtual", "physical")):
             with PeakRss() as rss:
-                recs, _ = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work,
-                                    src.n_layers, extra, plan, name=f"{engine}-{rep}",
-                                    engine=engine)
+                recs = run_sweep(model, binary, args.parallel, ctx, args.sweep_probes, work,
+                                 src.n_layers, extra, plan, name=f"{engine}-{rep}",
+                                 engine=engine)
             cfgs = [r for r in recs if r.kind not in (R.Kind.BASELINE,)]
             written = sum(src.estimate_size(list(layer_path.parse(r.path, src.n_layers)))
                           for r in cfgs if engine == "physical")
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = shlex.split(args.server_args)
     model = Path(args.model) if args.model else LS.demo_model_path()
     binary = LS.find_llama_server()
-    ctx = sweep.DEFAULT_CTX_PER_SLOT * args.parallel
+    ctx = E.DEFAULT_CTX_PER_SLOT * args.parallel
     src = gguf_surgery.SourceModel.open(model)
     print(f"model {model.name} ({src.arch}, {src.n_layers} layers, "
           f"{src.file_size / 2**20:.0f} MiB); {LS.server_version(binary)}; "

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shlex
@@ -171,14 +172,14 @@ def _serve_and_run(args) -> dict:
     except (layer_path.LayerPathError, LS.ServerError, E.EngineError, ValueError) as exc:
         raise cli.UsageError(str(exc)) from None
     settings = E.ServerSettings(binary=binary, extra_args=extra, parallel=args.parallel,
-                                ctx_size=4096 * args.parallel)
+                                ctx_size=E.DEFAULT_CTX_PER_SLOT * args.parallel)
     eng = E.make_engine(name, source, settings)
     if path is not None:
         try:
             eng.check(path)
         except (gguf_surgery.SurgeryError, E.EngineError) as exc:
             raise cli.UsageError(str(exc)) from None
-    chat = source.has_chat_template if not args.chat else True
+    chat = args.chat or source.has_chat_template
     with tempfile.TemporaryDirectory(prefix="rys-probes-") as d, eng:
         try:
             with eng.serve(path, Path(d) / "server.log") as served:
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str]) -> int:
     ap = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
-                            formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog=__doc__.split("\n", 2)[2])
     ap.dashed_value_options = ("--server-args",)
     g = ap.add_mutually_exclusive_group()
