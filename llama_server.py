@@ -401,10 +401,6 @@ class LlamaServer:
         self.binary = self.binary or find_llama_server()
         if not os.path.isfile(self.model):
             raise ServerError(f"model file not found: {self.model}")
-        if self.log_path is None:
-            fd, name = tempfile.mkstemp(prefix="rys-server-", suffix=".log")
-            os.close(fd)
-            self.log_path, self._own_log = name, True
         # a --host/--port among the user's arguments is the address the server will use
         user_host = _flag_value(self.extra_args, "--host")
         user_port = _flag_value(self.extra_args, "--port")
@@ -415,6 +411,10 @@ class LlamaServer:
                 self.port = int(user_port)
             except ValueError:
                 raise ServerError(f"bad --port {user_port!r} in the server arguments") from None
+        if self.log_path is None:  # made only once the arguments passed: a refusal leaves none
+            fd, name = tempfile.mkstemp(prefix="rys-server-", suffix=".log")
+            os.close(fd)
+            self.log_path, self._own_log = name, True
         user_repack = sets_repack(self.extra_args, self.env)
         self.fallback_args = self.remembered_fallback()
         explicit_port = self.port is not None

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -336,7 +337,8 @@ PARENT = textwrap.dedent('''\
     import sys, time
     sys.path.insert(0, {root!r})
     import llama_server as LS
-    srv = LS.LlamaServer({model!r}, binary={binary!r}, parallel=1, ctx_size=512).start()
+    srv = LS.LlamaServer({model!r}, binary={binary!r}, parallel=1, ctx_size=512,
+                         log_path={log!r}).start()
     print(srv.proc.pid, flush=True)
     time.sleep(600)
 ''')
@@ -347,7 +349,7 @@ def test_no_orphan_after_kill_9_of_the_parent(llama_server_bin, demo_model, tmp_
     """PR_SET_PDEATHSIG: the server dies with the process that started it, even on SIGKILL."""
     script = tmp_path / "parent.py"
     script.write_text(PARENT.format(root=str(Path(LS.__file__).parent), model=str(demo_model),
-                                    binary=llama_server_bin))
+                                    binary=llama_server_bin, log=str(tmp_path / "server.log")))
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         line = parent.stdout.readline()
@@ -368,8 +370,14 @@ def test_users_port_and_host_are_the_address_used(fake_bin, model_file):
                         extra_args=["--port", str(port), "--host=127.0.0.1"]) as srv:
         assert srv.port == port and srv.url == f"http://127.0.0.1:{port}"
         assert srv.command.count("--port") == 1 and "--host" not in srv.command
+
+
+def test_bad_server_arguments_leave_no_log(fake_bin, model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     with pytest.raises(LS.ServerError, match="bad --port"):
         LS.LlamaServer(model_file, binary=str(fake_bin), extra_args=["--port", "x"]).start()
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 @pytest.mark.server
