@@ -1,6 +1,6 @@
 """The command-line protocol every rys command shares.
 
-rys-sweep, rys-path, rys-surgery, rys-eval, rys-plot and ``python -m probes`` all answer the same way,
+rys-sweep, rys-path, rys-surgery, rys-eval, rys-plot and rys-probes all answer the same way,
 so scripts and people can rely on it:
 
 * exit 0: done; 1: the work failed (a server that would not start, lm-eval crashed, disk full);

@@ -43,11 +43,11 @@ from typing import Any
 
 import requests
 
-import cli
-import engine as E
-import gguf_surgery
-import layer_path
-import llama_server
+from rys import cli
+from rys import engine as E
+from rys import gguf_surgery
+from rys import layer_path
+from rys import llama_server
 
 log = logging.getLogger("rys.eval")
 
@@ -662,7 +662,7 @@ def lm_eval_command(*, name: str, server_url: str, tasks: Sequence[str], chat: b
 # prompt logprobs: asking the server, and the lm-eval model that uses them
 
 LM_EVAL_MODEL = "rys-llama-server"
-LM_EVAL_CHILD = "import sys, compare_eval; compare_eval.lm_eval_main(sys.argv[1:])"
+LM_EVAL_CHILD = "import sys; from rys import compare_eval; compare_eval.lm_eval_main(sys.argv[1:])"
 ECHO_PROBE = {"prompt": "One, two, three, four", "echo": True, "logprobs": 1, "max_tokens": 0,
               "temperature": 0}
 
@@ -798,9 +798,6 @@ class RunOutcome:
 def _child_env(offline: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # the child imports compare_eval (rys's lm-eval model) from wherever this file is
-    here = str(Path(__file__).resolve().parent)
-    env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
     if offline:
         env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env

@@ -34,10 +34,10 @@ from typing import Callable, ContextManager, Sequence
 
 import requests
 
-import gguf_surgery
-import layer_path
-import llama_server as LS
-from sweep_record import ENGINE_PHYSICAL
+from rys import gguf_surgery
+from rys import layer_path
+from rys import llama_server as LS
+from rys.sweep_record import ENGINE_PHYSICAL
 
 log = logging.getLogger("rys.engine")
 

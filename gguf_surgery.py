@@ -55,9 +55,9 @@ from gguf import (
     Keys,
 )
 
-import cli
-import layer_path
-from layer_path import LayerPathError
+from rys import cli
+from rys import layer_path
+from rys.layer_path import LayerPathError
 
 log = logging.getLogger("rys.gguf_surgery")
 
@@ -1442,7 +1442,7 @@ def _surgery_main(argv: Sequence[str]) -> int:
     cli.setup_logging()
     if argv[:1] == ["inspect"]:
         return _main_inspect(argv[1:])
-    if argv[:1] == ["path"]:  # `python gguf_surgery.py path ...` is rys-path
+    if argv[:1] == ["path"]:  # `python -m rys.gguf_surgery path ...` is rys-path
         return _path_main(argv[1:])
     return _main_rewrite(argv)
 

@@ -66,11 +66,18 @@ REFERENCE_KINDS = (Kind.BASELINE, Kind.IDENTITY)  # measured to compare against,
 
 class Stage(str, enum.Enum):
     """``sweep``: a full measurement; ``halving``: an early successive-halving rung (a slice of the
-    items); ``confirm``: a held-out rescore."""
+    items); ``search``: a config the adaptive search stopped early (a prefix of its shuffled item
+    order, never a full score); ``confirm``: a held-out rescore."""
 
     SWEEP = "sweep"
     HALVING = "halving"
+    SEARCH = "search"
     CONFIRM = "confirm"
+
+    @property
+    def partial(self) -> bool:
+        """Scored on part of the items only: never ranked as a full measurement."""
+        return self in (Stage.HALVING, Stage.SEARCH)
 
     def __str__(self) -> str:
         return self.value
@@ -194,6 +201,8 @@ class Settings:
     probes: dict[str, str] = field(default_factory=dict)
     suite: str = ""
     engine: str = ENGINE_PHYSICAL
+    order_seed: int | None = None
+    items: int | None = None
 
     def key_part(self) -> dict:
         part = {"split": self.split, "limit": self.limit, "mode": self.mode,
@@ -201,12 +210,20 @@ class Settings:
                 "suite": self.suite}
         if self.engine != ENGINE_PHYSICAL:
             part["engine"] = self.engine
+        if self.items is not None:
+            # a config stopped early was scored on the first `items` items of the order that
+            # `order_seed` shuffles; a full measurement does not depend on the order
+            part["order_seed"] = self.order_seed
+            part["items"] = self.items
         return part
 
     def to_json(self) -> dict:
         out = _dump_fields(self)
         if self.engine == ENGINE_PHYSICAL:
             out.pop("engine")  # as records were before engines existed
+        for name in ("order_seed", "items"):
+            if out[name] is None:
+                out.pop(name)  # as records were before the adaptive search existed
         return out
 
 
@@ -216,6 +233,23 @@ class ConfirmRef:
 
     of: str
     kind: Kind
+
+
+@dataclass(frozen=True)
+class SearchInfo:
+    """On configs measured by the adaptive search: the trial, how many items of the shuffled order
+    were scored (``items`` of ``of``), and, when it was stopped early, the paired test that stopped
+    it against the incumbent (``against``: its key) with its p-value."""
+
+    strategy: str = "adaptive"
+    trial: int | None = None
+    seed: int = 0
+    items: int = 0
+    of: int = 0
+    stopped: bool = False
+    test: str | None = None
+    p: float | None = None
+    against: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +277,7 @@ class SweepRecord:
     label: str | None = None
     stage: Stage = Stage.SWEEP
     confirm: ConfirmRef | None = None
+    search: SearchInfo | None = None
 
     @property
     def ok(self) -> bool:
@@ -257,7 +292,10 @@ class SweepRecord:
         return {name: p.score for name, p in self.probes.items()}
 
     def to_json(self) -> dict:
-        return _dump_fields(self)
+        out = _dump_fields(self)
+        if out["search"] is None:
+            out.pop("search")  # as records were before the adaptive search existed
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "SweepRecord":
@@ -731,4 +769,4 @@ def record_fields() -> dict[str, list[str]]:
     """Field names per JSON object of the schema (README's tables are checked against these)."""
     return {cls.__name__: [f.name for f in dataclasses.fields(cls)]
             for cls in (SweepRecord, ProbeScore, Delta, Timings, ServerInfo, ModelInfo, Settings,
-                        ConfirmRef)}
+                        ConfirmRef, SearchInfo)}

@@ -29,10 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
-import cli
-import layer_path
-import sweep_record as R
-from sweep_record import COMBINED, SweepRecord, significance
+from rys import cli
+from rys import layer_path
+from rys import sweep_record as R
+from rys.sweep_record import COMBINED, SweepRecord, significance
 
 log = logging.getLogger("rys.visualize")
 

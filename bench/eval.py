@@ -25,10 +25,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import llama_server as LS  # noqa: E402
+from rys import llama_server as LS
 
 TASK = ROOT / "tests" / "data" / "lm_eval_tasks" / "rys_capitals" / "rys_obvious.jsonl"
 CTX_PER_SLOT = 1024

@@ -23,11 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import gguf_surgery  # noqa: E402
-import layer_path  # noqa: E402
+from rys import gguf_surgery
+from rys import layer_path
 
 
 def _median_time(fn: Callable[[], object], reps: int, cleanup: Callable[[], None]) -> float:
@@ -50,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         model = Path(args.model)
     else:
-        import llama_server
+        from rys import llama_server
 
         model = llama_server.demo_model_path()
     with contextlib.ExitStack() as stack:

@@ -49,17 +49,15 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import engine as E  # noqa: E402
-import gguf_surgery  # noqa: E402
-import layer_path  # noqa: E402
-import llama_server as LS  # noqa: E402
-import probes as P  # noqa: E402
-import sweep  # noqa: E402
-import sweep_record as R  # noqa: E402
-from probes.loader import DEFAULT_SUITE_SPEC  # noqa: E402
+from rys import engine as E
+from rys import gguf_surgery
+from rys import layer_path
+from rys import llama_server as LS
+from rys import probes as P
+from rys import plans
+from rys import sweep
+from rys import sweep_record as R
+from rys.probes.loader import DEFAULT_SUITE_SPEC
 
 REFERENCE_S_PER_CONFIG = 222.0
 
@@ -93,7 +91,7 @@ def run_sweep(model: Path, binary: str, parallel: int, ctx: int, probes_spec: st
               workers: int = 1, name: str = "bench",
               engine: str = "physical") -> list[R.SweepRecord]:
     """A sweep through the real runner: its records."""
-    plan = plan or [sweep.block_config(4, 7, n_layers), sweep.block_config(8, 11, n_layers)]
+    plan = plan or [plans.block_config(4, 7, n_layers), plans.block_config(8, 11, n_layers)]
     base = E.ServerSettings(binary=binary, parallel=parallel, ctx_size=ctx,
                             extra_args=list(extra))
     opts = sweep.RunOptions(model=model, results=workdir / f"{name}.jsonl", plan=plan,
@@ -228,9 +226,9 @@ def section_throughput(label: str, spec: str, model: Path, binary: str, args, ct
     print("   (target: rys-sweep >= 1.6x one request at a time)")
 
 
-def section_plan(n_layers: int) -> list[sweep.Config]:
+def section_plan(n_layers: int) -> list[plans.Config]:
     """The plan sections 5 and 6 time: four 3-layer blocks."""
-    return sweep.plan_blocks(n_layers, [3], stride=3, start_min=2, start_max=11)
+    return plans.plan_blocks(n_layers, [3], stride=3, start_min=2, start_max=11)
 
 
 def section_workers(src, model: Path, binary: str, args, ctx: int, work: Path,

@@ -1,11 +1,11 @@
-"""`python -m probes`: list probes, show items, validate custom probe files, run a suite.
+"""`rys-probes`: list probes, show items, validate custom probe files, run a suite.
 
-  python -m probes                         list built-in probes (name, version, hash, counts, modes)
-  python -m probes --json                  the same as JSON
-  python -m probes --show math [--split test] [--limit 5] [--prompt] [--json]
-  python -m probes --validate my_probe.jsonl [more files...]
-  python -m probes --run "math:12,eq:8" --url http://127.0.0.1:8080 [--mode logprob] [--chat]
-  python -m probes --run "math:12,eq:8" --model M.gguf [--path SPEC] [--engine auto]
+  rys-probes                         list built-in probes (name, version, hash, counts, modes)
+  rys-probes --json                  the same as JSON
+  rys-probes --show math [--split test] [--limit 5] [--prompt] [--json]
+  rys-probes --validate my_probe.jsonl [more files...]
+  rys-probes --run "math:12,eq:8" --url http://127.0.0.1:8080 [--mode logprob] [--chat]
+  rys-probes --run "math:12,eq:8" --model M.gguf [--path SPEC] [--engine auto]
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Sequence
 
 import requests
 
-import cli
+from rys import cli
 
 from .loader import Probe, ProbeError, builtin_names, get_probe, load_probe, parse_suite
 from .runner import chat_messages, completion_prompt, run_suite
 
-PROG = "python -m probes"
+PROG = "rys-probes"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -152,10 +152,10 @@ def _serve_and_run(args) -> dict:
     """Serve MODEL (along --path) through the engine rys-sweep uses, then run the suite."""
     import tempfile
 
-    import engine as E
-    import gguf_surgery
-    import layer_path
-    import llama_server as LS
+    from rys import engine as E
+    from rys import gguf_surgery
+    from rys import layer_path
+    from rys import llama_server as LS
 
     model = Path(args.model)
     if not model.is_file():

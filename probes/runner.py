@@ -366,7 +366,7 @@ def has_chat_template(gguf_path: str | os.PathLike) -> bool:
 
     Reads it through gguf_surgery.SourceModel, imported lazily so probes do not need it.
     """
-    import gguf_surgery  # noqa: PLC0415  (lazy on purpose)
+    from rys import gguf_surgery  # noqa: PLC0415  (lazy on purpose)
 
     return bool(gguf_surgery.SourceModel.open(gguf_path).has_chat_template)
 

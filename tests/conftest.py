@@ -8,16 +8,11 @@ skipping the tests that matter.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import llama_server  # noqa: E402
+from rys import llama_server
 
 REQUIRE_SERVER = os.environ.get("RYS_REQUIRE_SERVER") == "1"
 DEMO_CTX = 8192

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import compare_eval as ce
+from rys import compare_eval as ce
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "lm_eval_results"
@@ -227,11 +227,11 @@ def _exit_code(argv: list[str]) -> int:
 
 
 def test_runs_as_script():
-    out = subprocess.run([sys.executable, str(ROOT / "compare_eval.py"), "compare", str(RUN_A), str(RUN_B),
+    out = subprocess.run([sys.executable, "-m", "rys.compare_eval", "compare", str(RUN_A), str(RUN_B),
                           "--format", "markdown"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| gsm8k | exact_match | strict-match |" in out.stdout
-    bad = subprocess.run([sys.executable, str(ROOT / "compare_eval.py"), "compare", "/nonexistent"],
+    bad = subprocess.run([sys.executable, "-m", "rys.compare_eval", "compare", "/nonexistent"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import compare_eval as ce
-import layer_path
+from rys import compare_eval as ce
+from rys import layer_path
 
 TASKS_DIR = Path(__file__).resolve().parent / "data" / "lm_eval_tasks"
 PATH = "0..8,6..17"  # layers 6..8 run twice

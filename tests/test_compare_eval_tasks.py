@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import compare_eval as ce
+from rys import compare_eval as ce
 
 TASKS_DIR = Path(__file__).resolve().parent / "data" / "lm_eval_tasks"
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import compare_eval
-import gguf_surgery
-import layer_path
-import sweep
-import sweep_record as R
-import visualize as viz
+from rys import compare_eval
+from rys import gguf_surgery
+from rys import layer_path
+from rys import sweep
+from rys import sweep_record as R
+from rys import visualize as viz
 from test_visualize import BASE, N_LAYERS, block_sweep_records, make_record, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,7 +290,7 @@ def test_the_same_option_names_across_commands():
     assert viz.build_parser().parse_args(["r.jsonl", "-o", "d"]).out == Path("d")
     run = compare_eval.build_parser().parse_args(["run", "m", "--tasks", "t", "-o", "d", "-p", "0..3"])
     assert run.out == "d" and run.path == "0..3"
-    help_text = subprocess.run([sys.executable, str(ROOT / "gguf_surgery.py"), "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "rys.gguf_surgery", "--help"],
                                capture_output=True, text=True).stdout
     assert "rys-surgery inspect MODEL" in help_text
 

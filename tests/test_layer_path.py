@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gguf_surgery as S
-import layer_path as L
-from layer_path import LayerPathError
+from rys import gguf_surgery as S
+from rys import layer_path as L
+from rys.layer_path import LayerPathError
 
 # ------------------------------------------------------------------------------------------
 # parse

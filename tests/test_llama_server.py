@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-import llama_server as LS
+from rys import llama_server as LS
 
 FAKE = textwrap.dedent('''\
     #!{python}
@@ -334,9 +334,8 @@ def test_real_server_explicit_port_taken_is_an_error(llama_server_bin, demo_mode
 
 
 PARENT = textwrap.dedent('''\
-    import sys, time
-    sys.path.insert(0, {root!r})
-    import llama_server as LS
+    import time
+    from rys import llama_server as LS
     srv = LS.LlamaServer({model!r}, binary={binary!r}, parallel=1, ctx_size=512,
                          log_path={log!r}).start()
     print(srv.proc.pid, flush=True)
@@ -348,7 +347,7 @@ PARENT = textwrap.dedent('''\
 def test_no_orphan_after_kill_9_of_the_parent(llama_server_bin, demo_model, tmp_path):
     """PR_SET_PDEATHSIG: the server dies with the process that started it, even on SIGKILL."""
     script = tmp_path / "parent.py"
-    script.write_text(PARENT.format(root=str(Path(LS.__file__).parent), model=str(demo_model),
+    script.write_text(PARENT.format(model=str(demo_model),
                                     binary=llama_server_bin, log=str(tmp_path / "server.log")))
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:

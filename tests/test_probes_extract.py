@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from probes.extract import (
+from rys.probes.extract import (
     extract_choice,
     extract_number,
     extract_ratings,

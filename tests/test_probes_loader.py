@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import probes
-from probes import ProbeError, SuiteEntry, get_probe, list_probes, load_probe, parse_suite
-from probes.__main__ import main as cli_main
-from probes.mathgen import MathSpec, generate_item
+from rys import probes
+from rys.probes import ProbeError, SuiteEntry, get_probe, list_probes, load_probe, parse_suite
+from rys.probes.__main__ import main as cli_main
+from rys.probes.mathgen import MathSpec, generate_item
 
 DATA = Path(__file__).parent / "data" / "probes"
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,8 +268,8 @@ def test_cli_validate_reports_errors_with_exit_2(tmp_path, capsys):
 
 
 def test_cli_as_module_unknown_probe():
-    r = subprocess.run([sys.executable, "-m", "probes", "--show", "nope"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "rys.probes", "--show", "nope"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr.strip().startswith("python -m probes: error: unknown probe 'nope'")
+    assert r.stderr.strip().startswith("rys-probes: error: unknown probe 'nope'")
     assert r.stdout == ""

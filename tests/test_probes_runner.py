@@ -13,10 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from probes import (ItemResult, ProbeJob, ProbeResult, allocate_streams, item_costs,
+from rys.probes import (ItemResult, ProbeJob, ProbeResult, allocate_streams, item_costs,
                     measured_costs, next_probe, paired_delta, run_jobs, run_probe, run_suite)
-from probes.loader import probe_from_dict
-from probes.runner import chat_messages, completion_prompt
+from rys.probes.loader import probe_from_dict
+from rys.probes.runner import chat_messages, completion_prompt
 
 
 class FakeState:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from probes.loader import Item
-from probes.scorers import (
+from rys.probes.loader import Item
+from rys.probes.scorers import (
     SCORERS,
     candidate_mass,
     check_constraint,

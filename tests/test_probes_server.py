@@ -1,15 +1,15 @@
 """Probes against the real llama-server with the demo model (Gemma 3 270M base, no chat template).
 
 A small slice of the default suite keeps CI fast; the full default suite is measured by
-`python -m probes --run default --url ...` (timings in README.md, "Suites and the default suite"), not asserted here.
+`rys-probes --run default --url ...` (timings in README.md, "Suites and the default suite"), not asserted here.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from probes import default_suite, get_probe, has_chat_template, run_probe, run_suite
-from probes.loader import SuiteEntry
+from rys.probes import default_suite, get_probe, has_chat_template, run_probe, run_suite
+from rys.probes.loader import SuiteEntry
 
 pytestmark = pytest.mark.server
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-import compare_eval as ce
-import llama_server as LS
+from rys import compare_eval as ce
+from rys import llama_server as LS
 
 pytestmark = pytest.mark.server
 

@@ -32,4 +32,4 @@ def test_every_console_script_is_documented():
     for name in scripts:
         assert f"`{name}" in README or f"{name} " in README, name
     assert "scripts/build_llama_server.sh" in README
-    assert "python -m probes" in README
+    assert "rys-probes" in README

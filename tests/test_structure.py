@@ -7,7 +7,6 @@ cycle cannot hide behind a lazy import.
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = sorted(p.stem for p in ROOT.glob("*.py")) + ["probes"]
-COMMANDS = {"rys-sweep": "sweep.py", "rys-plot": "visualize.py", "rys-eval": "compare_eval.py",
-            "rys-surgery": "gguf_surgery.py", "rys-path": "gguf_surgery.py path",
-            "python -m probes": "probes/__main__.py"}
+MODULES = sorted(p.stem for p in ROOT.glob("*.py") if p.stem != "__init__") + ["probes"]
+COMMANDS = {"rys-sweep": "rys.sweep", "rys-plot": "rys.visualize", "rys-eval": "rys.compare_eval",
+            "rys-surgery": "rys.gguf_surgery", "rys-path": "rys.gguf_surgery path",
+            "rys-probes": "rys.probes"}
 
 
 def _sources(module: str) -> list[Path]:
@@ -33,9 +32,12 @@ def imports_of(module: str) -> set[str]:
     for src in _sources(module):
         for node in ast.walk(ast.parse(src.read_text())):
             if isinstance(node, ast.Import):
-                names = [a.name.split(".")[0] for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module.split(".")[0]]
+                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("rys.")]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "rys":
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.startswith("rys."):
+                names = [node.module.split(".")[1]]
             else:
                 continue
             out.update(n for n in names if n in MODULES and n != module)
@@ -87,8 +89,8 @@ def test_records_are_read_through_one_module():
     assert "sweep_record" in imports_of("visualize") and "sweep" not in imports_of("visualize")
     assert "sweep_record" in imports_of("sweep")
     bench = ast.parse((ROOT / "bench" / "sweep.py").read_text())
-    assert any(isinstance(n, ast.Import) and any(a.name == "sweep_record" for a in n.names)
-               for n in ast.walk(bench))
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "rys"
+               and any(a.name == "sweep_record" for a in n.names) for n in ast.walk(bench))
 
 
 def test_servers_are_started_through_the_engine():
@@ -100,13 +102,12 @@ def test_servers_are_started_through_the_engine():
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_shares_the_exit_protocol(command, tmp_path):
-    script, *sub = COMMANDS[command].split()
-    base = ([sys.executable, "-m", "probes"] if script.startswith("probes/")
-            else [sys.executable, str(ROOT / script), *sub])
+    module, *sub = COMMANDS[command].split()
+    base = [sys.executable, "-m", module, *sub]
     version = subprocess.run([*base, "--version"], capture_output=True, text=True, timeout=120)
     assert version.returncode == 0 and version.stdout.startswith("rys "), version.stderr
     bad = subprocess.run([*base, "--no-such-option"], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         timeout=120, cwd=tmp_path)
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in bad.stderr
@@ -116,18 +117,18 @@ def test_every_command_shares_the_exit_protocol(command, tmp_path):
 @pytest.mark.parametrize("command", ["rys-sweep", "rys-plot", "rys-eval"])
 def test_options_are_never_abbreviated(command, tmp_path):
     """`--probe math` must not quietly become `--probes math` (layer-scan's habit)."""
-    script, *sub = COMMANDS[command].split()
+    module, *sub = COMMANDS[command].split()
     abbrev = {"rys-sweep": ["--probe", "math", "--dry-run"],
               "rys-plot": ["x.jsonl", "--for", "json"],
               "rys-eval": ["compare", "a", "b", "--form", "csv"]}[command]
-    r = subprocess.run([sys.executable, str(ROOT / script), *sub, *abbrev], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", module, *sub, *abbrev], capture_output=True,
                        text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr, r.stderr
 
 
 def test_a_closed_pipe_ends_quietly_even_where_os_errors_are_bad_input(capsys):
     """rys-path counts OSError as bad input; a reader gone (`| head`) is still no error line."""
-    import cli
+    from rys import cli
 
     def main(argv):
         raise BrokenPipeError(32, "Broken pipe")

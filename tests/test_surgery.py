@@ -13,11 +13,11 @@ import gguf
 import pytest
 
 import gguf_fixtures as F
-import gguf_surgery as S
-import layer_path as L
+from rys import gguf_surgery as S
+from rys import layer_path as L
 from gguf_fixtures import ModelSpec
-from gguf_surgery import SourceModel, SurgeryError
-from layer_path import LayerPathError
+from rys.gguf_surgery import SourceModel, SurgeryError
+from rys.layer_path import LayerPathError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -690,8 +690,8 @@ def test_rys_path_mergekit_from_model(tiny, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["rys-surgery", "rys-path"])
 def test_scripts_run_directly(tiny, tmp_path, command):
-    """`python gguf_surgery.py ...` is rys-surgery; `python gguf_surgery.py path ...` rys-path."""
-    script = [sys.executable, str(ROOT / "gguf_surgery.py")] + \
+    """`python -m rys.gguf_surgery ...` is rys-surgery; `... path ...` is rys-path."""
+    script = [sys.executable, "-m", "rys.gguf_surgery"] + \
         (["path"] if command == "rys-path" else [])
     args = ["inspect", str(tiny)] if command == "rys-surgery" else [str(tiny), "-p", "0..5", "--dry-run"]
     ok = subprocess.run([*script, *args], capture_output=True, text=True)

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 import gguf_fixtures as F
-import gguf_surgery as S
-import layer_path as L
+from rys import gguf_surgery as S
+from rys import layer_path as L
 
 pytestmark = pytest.mark.server
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import engine as E
-import layer_path
-import llama_server as LS
-import probes as P
-import sweep
-import sweep_record as R
+from rys import engine as E
+from rys import layer_path
+from rys import llama_server as LS
+from rys import probes as P
+from rys import plans
+from rys import sweep
+from rys import sweep_record as R
 
 N = 12
 
@@ -164,7 +165,7 @@ def records(tmp: Path) -> list[dict]:
 
 
 def blocks(*ij, times=1):
-    return [sweep.block_config(i, j, N, times) for i, j in ij]
+    return [plans.block_config(i, j, N, times) for i, j in ij]
 
 
 def test_order_records_and_leaderboard(env):
@@ -443,7 +444,7 @@ def test_shards_split_the_plan_by_key_and_cover_it(env):
 
 
 def test_rys_plot_merges_shards_into_the_full_plan(env):
-    import visualize
+    from rys import visualize
 
     fakes, src, tmp = env
     plan = blocks(*[(i, i + 3) for i in range(0, 10)])

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-import sweep
-import sweep_record as R
-import visualize
-from sweep_record import Block, Delta, Kind
+from rys import plans
+
+from rys import sweep
+from rys import sweep_record as R
+from rys import visualize
+from rys.sweep_record import Block, Delta, Kind
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGACY = ROOT / "tests" / "data" / "legacy_sweep"
@@ -45,7 +47,7 @@ def test_one_label_per_config(kind, block, label, path, of_kind, want):
 
 
 def test_sweep_and_plot_name_a_config_the_same_way():
-    cfg = sweep.plan_blocks(18, [3], start_min=4, start_max=4, times=2)[0]
+    cfg = plans.plan_blocks(18, [3], start_min=4, start_max=4, times=2)[0]
     rec = R.SweepRecord(key="k", path=cfg.spec, kind=cfg.kind, block=cfg.block)
     view = visualize.config_from_rys(rec)
     assert cfg.config_label == rec.config_label == view.label == "dup(4,7)x3"
@@ -179,7 +181,7 @@ def test_readme_schema_table_lists_exactly_the_record_fields():
     for field_name, cls in (("probes", "ProbeScore"), ("timings", "Timings"),
                             ("server", "ServerInfo"), ("model", "ModelInfo"),
                             ("settings", "Settings"), ("confirm", "ConfirmRef"),
-                            ("delta", "Delta")):
+                            ("delta", "Delta"), ("search", "SearchInfo")):
         row = rows[field_name]
         for f in fields[cls]:
             assert f'"{f}"' in row or f"`{f}`" in row, (field_name, f)

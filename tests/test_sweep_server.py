@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-import llama_server as LS
-import sweep
-import sweep_record as R
+from rys import llama_server as LS
+from rys import sweep
+from rys import sweep_record as R
 
 ROOT = Path(__file__).resolve().parent.parent
-SWEEP = str(ROOT / "sweep.py")
+SWEEP = "-m", "rys.sweep"
 # Tiny and fast: logprob mode is one forward pass per item.
 TINY = ["--probes", "reasoning:3", "--mode", "logprob", "--parallel", "2", "--ctx-size", "2048",
         "--quiet"]
@@ -101,7 +101,7 @@ def _argv(demo_model, work, *extra) -> list[str]:
 
 def _spawn(argv: list[str], env_extra: dict | None = None) -> subprocess.Popen:
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.Popen([sys.executable, SWEEP, *argv], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, *SWEEP, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -441,7 +441,7 @@ def test_sweep_on_a_binary_that_needs_no_repack(demo_model, llama_server_bin, wo
     binary, launches, env = _crasher(tmp_path, llama_server_bin, always=False)
     env.pop("LLAMA_ARG_REPACK", None)
     argv = _argv(demo_model, work, "--llama-server", str(binary), "--limit", "2")
-    p = subprocess.run([sys.executable, SWEEP, *argv], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, *SWEEP, *argv], capture_output=True, text=True,
                        env={k: v for k, v in {**os.environ, **env}.items()
                             if k != "LLAMA_ARG_REPACK"}, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -460,7 +460,7 @@ def test_sweep_on_a_binary_that_needs_no_repack(demo_model, llama_server_bin, wo
 def test_sweep_on_a_binary_that_always_crashes(demo_model, llama_server_bin, work, tmp_path):
     binary, launches, env = _crasher(tmp_path, llama_server_bin, always=True)
     argv = _argv(demo_model, work, "--llama-server", str(binary))
-    p = subprocess.run([sys.executable, SWEEP, *argv], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, *SWEEP, *argv], capture_output=True, text=True,
                        env={k: v for k, v in {**os.environ, **env}.items()
                             if k != "LLAMA_ARG_REPACK"}, timeout=300)
     assert p.returncode == 1
@@ -535,7 +535,7 @@ def test_a_worker_that_cannot_start_leaves_the_plan_to_the_other(demo_model, lla
     launches = tmp_path / "launches"
     argv = _argv(demo_model, work, "--llama-server", str(binary), *MORE, *ONE_THREAD,
                  "--devices", "broken,ok", "--device-env", "RYS_TEST_DEVICE")
-    p = subprocess.run([sys.executable, SWEEP, *argv], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, *SWEEP, *argv], capture_output=True, text=True,
                        env={**os.environ, "REAL": llama_server_bin, "LAUNCHES": str(launches)},
                        timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -553,7 +553,7 @@ def test_a_worker_that_cannot_start_leaves_the_plan_to_the_other(demo_model, lla
 @pytest.mark.server
 def test_two_shards_merged_by_rys_plot_are_the_whole_plan(demo_model, llama_server_bin, work,
                                                           tmp_path):
-    import visualize
+    from rys import visualize
 
     outs = []
     for k in (1, 2):

@@ -12,11 +12,12 @@ import sys
 
 import pytest
 
-import gguf_surgery
-import layer_path
-import sweep
-import sweep_record as R
-from sweep_record import Block, Delta, Kind
+from rys import gguf_surgery
+from rys import layer_path
+from rys import plans
+from rys import sweep
+from rys import sweep_record as R
+from rys.sweep_record import Block, Delta, Kind
 
 N = 18
 
@@ -29,7 +30,7 @@ def ij(c):
 
 
 def test_plan_blocks_paths_and_bounds():
-    plan = sweep.plan_blocks(N, [3, 5], stride=4, start_min=4, start_max=12)
+    plan = plans.plan_blocks(N, [3, 5], stride=4, start_min=4, start_max=12)
     assert [(c.block.i, c.block.j, c.block.times) for c in plan] == [
         (4, 7, 1), (8, 11, 1), (12, 15, 1), (4, 9, 1), (8, 13, 1), (12, 17, 1)]
     for c in plan:
@@ -40,14 +41,14 @@ def test_plan_blocks_paths_and_bounds():
 
 
 def test_plan_blocks_times_runs_block_times_plus_one():
-    (c,) = sweep.plan_blocks(6, [2], start_min=2, start_max=2, times=2)
+    (c,) = plans.plan_blocks(6, [2], start_min=2, start_max=2, times=2)
     assert c.path == (0, 1, 2, 3, 2, 3, 2, 3, 4, 5)
     assert c.block.to_json() == {"i": 2, "j": 4, "times": 2}
     assert c.config_label == "dup(2,4)x3"
 
 
 def test_plan_blocks_never_runs_past_the_last_layer():
-    plan = sweep.plan_blocks(N, [4])
+    plan = plans.plan_blocks(N, [4])
     assert max(c.block.j for c in plan) == N
     assert len(plan) == N - 4 + 1
 
@@ -61,23 +62,23 @@ def test_plan_blocks_never_runs_past_the_last_layer():
     ({"sizes": [3], "times": 0}, "--times"),
 ])
 def test_plan_blocks_rejects_bad_options(kwargs, needle):
-    with pytest.raises(sweep.PlanError, match=needle.replace("(", r"\(")):
-        sweep.plan_blocks(N, **kwargs)
+    with pytest.raises(plans.PlanError, match=needle.replace("(", r"\(")):
+        plans.plan_blocks(N, **kwargs)
 
 
 def test_plan_grid_covers_every_block_in_range():
-    plan = sweep.plan_grid(10, min_block=2, skip_early=1, skip_late=2)
+    plan = plans.plan_grid(10, min_block=2, skip_early=1, skip_late=2)
     blocks = {ij(c) for c in plan}
     want = {(i, j) for i in range(1, 8) for j in range(i + 2, 9)}
     assert blocks == want
     assert all(c.kind == Kind.GRID for c in plan)
-    assert len(sweep.plan_grid(10, max_block=1)) == 10
-    with pytest.raises(sweep.PlanError):
-        sweep.plan_grid(10, min_block=5, skip_early=3, skip_late=3)
+    assert len(plans.plan_grid(10, max_block=1)) == 10
+    with pytest.raises(plans.PlanError):
+        plans.plan_grid(10, min_block=5, skip_early=3, skip_late=3)
 
 
 def test_plan_ablate_skips_each_layer_once():
-    plan = sweep.plan_ablate(5)
+    plan = plans.plan_ablate(5)
     assert [c.block.skip for c in plan] == [0, 1, 2, 3, 4]
     assert plan[2].path == (0, 1, 3, 4)
     assert plan[2].block.to_json() == {"skip": 2}
@@ -86,45 +87,45 @@ def test_plan_ablate_skips_each_layer_once():
 
 def test_paths_file_comments_labels_and_errors():
     text = "# header\n0..5,3..17   # my favourite\n\n  0..-1\n0..2,4..17\n"
-    plan = sweep.parse_paths_text(text, N)
+    plan = plans.parse_paths_text(text, N)
     assert [c.kind for c in plan] == [Kind.CUSTOM] * 3
     assert plan[0].label == "my favourite" and plan[0].config_label == "my favourite"
     assert plan[1].path == tuple(range(N))
     assert plan[2].config_label == "0..2,4..17"
-    with pytest.raises(sweep.PlanError, match="line 2"):
-        sweep.parse_paths_text("0..5\n0..99\n", N)
-    with pytest.raises(sweep.PlanError, match="no layer paths"):
-        sweep.parse_paths_text("# nothing\n", N)
+    with pytest.raises(plans.PlanError, match="line 2"):
+        plans.parse_paths_text("0..5\n0..99\n", N)
+    with pytest.raises(plans.PlanError, match="no layer paths"):
+        plans.parse_paths_text("# nothing\n", N)
 
 
 def test_dedupe_keeps_first_and_drops_done():
-    a = sweep.plan_blocks(N, [3], start_min=2, start_max=2)[0]
-    g = [c for c in sweep.plan_grid(N) if ij(c) == (2, 5)][0]
+    a = plans.plan_blocks(N, [3], start_min=2, start_max=2)[0]
+    g = [c for c in plans.plan_grid(N) if ij(c) == (2, 5)][0]
     assert a.path == g.path
-    out = sweep.dedupe([a, g, a], done=[tuple(range(N))])
+    out = plans.dedupe([a, g, a], done=[tuple(range(N))])
     assert out == [a]
-    assert sweep.dedupe([a], done=[a.path]) == []
+    assert plans.dedupe([a], done=[a.path]) == []
 
 
 def test_refine_plans_unrun_neighbours_of_the_top_k():
-    coarse = sweep.plan_blocks(N, [3], stride=3)
+    coarse = plans.plan_blocks(N, [3], stride=3)
     score = {c.block.i: -abs(c.block.i - 6) for c in coarse}  # best block starts at 6
     scored = [(c, score[c.block.i]) for c in coarse]
-    new = sweep.plan_refine(scored, N, top_k=1, done=[c.path for c in coarse])
+    new = plans.plan_refine(scored, N, top_k=1, done=[c.path for c in coarse])
     got = {ij(c) for c in new}
     assert got == {(5, 8), (5, 9), (6, 8), (6, 10), (7, 9), (7, 10), (7, 8), (5, 10)} - {(6, 9)}
     assert all(c.kind == Kind.REFINE for c in new)
     # nothing already done is planned again
-    again = sweep.plan_refine(scored, N, top_k=1, done=[c.path for c in coarse + new])
+    again = plans.plan_refine(scored, N, top_k=1, done=[c.path for c in coarse + new])
     assert again == []
     # non-block configs have no neighbours
-    abl = sweep.plan_ablate(N)
-    assert sweep.plan_refine([(c, 1.0) for c in abl], N, 3, []) == []
+    abl = plans.plan_ablate(N)
+    assert plans.plan_refine([(c, 1.0) for c in abl], N, 3, []) == []
 
 
 def test_refine_stays_inside_the_model():
-    (edge,) = sweep.plan_blocks(N, [2], start_min=16, start_max=16)
-    new = sweep.plan_refine([(edge, 1.0)], N, 1, [edge.path])
+    (edge,) = plans.plan_blocks(N, [2], start_min=16, start_max=16)
+    new = plans.plan_refine([(edge, 1.0)], N, 1, [edge.path])
     assert all(0 <= c.block.i < c.block.j <= N for c in new)
 
 
@@ -132,16 +133,16 @@ def test_refine_stays_inside_the_model():
 
 
 def test_halving_rungs_shape():
-    rungs = sweep.halving_rungs(27, 100, eta=3, min_items=4)
+    rungs = plans.halving_rungs(27, 100, eta=3, min_items=4)
     assert [r.keep for r in rungs] == [27, 9, 3]
     assert [r.limit for r in rungs] == [12, 34, 100]
     assert rungs[-1].limit == 100
     # few items: fewer rungs; the last always has all items
-    assert sweep.halving_rungs(27, 12, 3, 4) == [sweep.Rung(27, 4), sweep.Rung(9, 12)]
-    assert sweep.halving_rungs(27, 8, 3, 4) == [sweep.Rung(27, 8)]  # 8/3 < min_items
-    assert sweep.halving_rungs(1, 50, 3, 4) == [sweep.Rung(1, 50)]
+    assert plans.halving_rungs(27, 12, 3, 4) == [plans.Rung(27, 4), plans.Rung(9, 12)]
+    assert plans.halving_rungs(27, 8, 3, 4) == [plans.Rung(27, 8)]  # 8/3 < min_items
+    assert plans.halving_rungs(1, 50, 3, 4) == [plans.Rung(1, 50)]
     # never fewer survivors than min_keep
-    assert all(r.keep >= 5 for r in sweep.halving_rungs(40, 200, 3, 2, min_keep=5))
+    assert all(r.keep >= 5 for r in plans.halving_rungs(40, 200, 3, 2, min_keep=5))
 
 
 def _synthetic_table(n_configs: int, n_items: int, seed: int):
@@ -169,10 +170,10 @@ def test_halving_keeps_the_winners_of_a_full_pass_and_saves_work():
 
     full_best = max(range(30), key=lambda c: score(c, n_items))
     calls.clear()
-    rungs = sweep.halving_rungs(30, n_items, eta=3, min_items=10)
-    res = sweep.successive_halving(list(range(30)), score_rung, rungs)
+    rungs = plans.halving_rungs(30, n_items, eta=3, min_items=10)
+    res = plans.successive_halving(list(range(30)), score_rung, rungs)
     assert res.ranking[0] == full_best == 13
-    cost = sweep.halving_cost(30, rungs, {"p": n_items}, 3)
+    cost = plans.halving_cost(30, rungs, {"p": n_items}, 3)
     assert cost["evaluations"] < cost["full_evaluations"] / 2
     assert cost["saved"] == cost["full_evaluations"] - cost["evaluations"]
     # later rungs only ever see survivors of the earlier ones, and each rung has all its items
@@ -183,32 +184,32 @@ def test_halving_keeps_the_winners_of_a_full_pass_and_saves_work():
 
 
 def test_halving_cost_counts_only_the_extra_items():
-    rungs = sweep.halving_rungs(9, 90, eta=3, min_items=10)
-    res = sweep.successive_halving(list(range(9)),
+    rungs = plans.halving_rungs(9, 90, eta=3, min_items=10)
+    res = plans.successive_halving(list(range(9)),
                                    lambda r, rung, alive: {c: -c for c in alive}, rungs)
     # rungs: 9 x 10, 3 x 30, 1 x 90 -> 9*10 + 3*20 + 1*60
     assert [r.limit for r in res.rungs] == [10, 30, 90]
-    cost = sweep.halving_cost(9, rungs, {"p": 90}, 3)
+    cost = plans.halving_cost(9, rungs, {"p": 90}, 3)
     assert cost["evaluations"] == 9 * 10 + 3 * 20 + 1 * 60
     assert cost["full_evaluations"] == 9 * 90
     assert res.runs == cost["runs"] == 9 + 3 + 1
     assert res.ranking == [0]
     # probes of different sizes: a probe with fewer items stops growing at its size
-    two = sweep.halving_cost(9, rungs, {"p": 90, "q": 20}, 3)
+    two = plans.halving_cost(9, rungs, {"p": 90, "q": 20}, 3)
     assert two["evaluations"] == 9 * (10 + 10) + 3 * (20 + 10) + 1 * (60 + 0)
 
 
 def test_halving_slices_score_each_item_once():
     counts = {"p": 27, "q": 5}
-    assert sweep.halving_slices(counts, 3, None) == {"p": (0, 3), "q": (0, 3)}
-    assert sweep.halving_slices(counts, 9, 3) == {"p": (3, 6), "q": (3, 2)}
-    assert sweep.halving_slices(counts, 27, 9) == {"p": (9, 18), "q": (5, 0)}
+    assert plans.halving_slices(counts, 3, None) == {"p": (0, 3), "q": (0, 3)}
+    assert plans.halving_slices(counts, 9, 3) == {"p": (3, 6), "q": (3, 2)}
+    assert plans.halving_slices(counts, 27, 9) == {"p": (9, 18), "q": (5, 0)}
 
 
 def test_select_top_nan_last_and_stable():
     scores = {"a": 0.5, "b": float("nan"), "c": 0.9, "d": None, "e": 0.5}
-    assert sweep.select_top(scores, 5) == ["c", "a", "e", "b", "d"]
-    assert sweep.select_top(scores, 2) == ["c", "a"]
+    assert plans.select_top(scores, 5) == ["c", "a", "e", "b", "d"]
+    assert plans.select_top(scores, 2) == ["c", "a"]
 
 
 # --------------------------------------------------------------------------- keys and scores
@@ -226,14 +227,14 @@ def _key(fp, cfg, s):
 
 
 def test_key_separates_baseline_identity_and_settings():
-    base = sweep.baseline_config(N)
-    ident = sweep.identity_config(N)
+    base = plans.baseline_config(N)
+    ident = plans.identity_config(N)
     s = _settings()
     kb, ki = _key("fp", base, s), _key("fp", ident, s)
     assert kb != ki and len(kb) == 16 and int(kb, 16) >= 0
     # the same path from two planners is the same measurement
-    a = sweep.plan_blocks(N, [3], start_min=2, start_max=2)[0]
-    g = [c for c in sweep.plan_grid(N) if ij(c) == (2, 5)][0]
+    a = plans.plan_blocks(N, [3], start_min=2, start_max=2)[0]
+    g = [c for c in plans.plan_grid(N) if ij(c) == (2, 5)][0]
     assert _key("fp", a, s) == _key("fp", g, s)
     # anything that changes a measurement changes the key; weights do not
     for changed in (_settings(split="test"), _settings(limit=4), _settings(mode="logprob"),
@@ -243,7 +244,7 @@ def test_key_separates_baseline_identity_and_settings():
     assert _key("fp2", a, s) != _key("fp", a, s)
     assert _key("fp", a, _settings(weights={"math": 3.0})) == _key("fp", a, s)
     # a confirm of the baseline is still the unmodified model
-    assert sweep.confirm_config(base).original and not sweep.confirm_config(a).original
+    assert plans.confirm_config(base).original and not plans.confirm_config(a).original
 
 
 def test_key_is_unchanged_from_results_written_before_engines():
@@ -271,7 +272,7 @@ def _score(score, stderr=0.05, n=10):
 
 
 def test_make_record_matches_schema():
-    cfg = sweep.plan_blocks(N, [3], start_min=4, start_max=4)[0]
+    cfg = plans.plan_blocks(N, [3], start_min=4, start_max=4)[0]
     s = _settings(weights={"math": 1.0})
     rec = sweep.make_record(
         key="0123456789abcdef", cfg=cfg, status="ok", error=None,
@@ -365,12 +366,12 @@ def test_split_passthrough():
 
 
 def test_config_from_record_roundtrip():
-    for cfg in (sweep.plan_blocks(N, [3], start_min=4, start_max=4, times=2)[0],
-                sweep.plan_ablate(N)[3],
-                sweep.parse_paths_text("0..5,3..17  # lbl", N)[0]):
+    for cfg in (plans.plan_blocks(N, [3], start_min=4, start_max=4, times=2)[0],
+                plans.plan_ablate(N)[3],
+                plans.parse_paths_text("0..5,3..17  # lbl", N)[0]):
         rec = R.SweepRecord(path=cfg.spec, kind=cfg.kind, block=cfg.block, label=cfg.label)
-        assert sweep.config_from_record(rec, N) == cfg
-    assert sweep.config_from_record(R.SweepRecord(path="0..99"), N) is None
+        assert plans.config_from_record(rec, N) == cfg
+    assert plans.config_from_record(R.SweepRecord(path="0..99"), N) is None
 
 
 def test_one_sweep_per_results_file(tmp_path):

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import requests
 
-import engine as E
-import gguf_surgery
-import layer_path
-import llama_server as LS
-import sweep
-import sweep_record as R
+from rys import engine as E
+from rys import gguf_surgery
+from rys import layer_path
+from rys import llama_server as LS
+from rys import sweep
+from rys import sweep_record as R
 
 pytestmark = pytest.mark.server
 

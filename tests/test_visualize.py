@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-import layer_path
-import sweep_record as R
-import visualize as viz
+from rys import layer_path
+from rys import sweep_record as R
+from rys import visualize as viz
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -492,7 +492,7 @@ def test_export_bad_rank_writes_nothing(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# --watch (as `python visualize.py`, stopped with Ctrl-C)
+# --watch (as `python -m rys.visualize`, stopped with Ctrl-C)
 
 
 def _wait_for(cond, timeout: float = 60.0) -> bool:
@@ -509,7 +509,7 @@ def test_watch_rerenders_and_ctrl_c_exits_0(tmp_path):
     f = write_jsonl(tmp_path / "live.jsonl", recs[:6])
     page = tmp_path / "live.html"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "visualize.py"), str(f), "--watch", "--watch-interval", "0.2",
+        [sys.executable, "-m", "rys.visualize", str(f), "--watch", "--watch-interval", "0.2",
          "--html", str(page), "--no-plots", "--format", "table"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # a shell's background job inherits SIGINT ignored, and Python then never raises
@@ -619,7 +619,7 @@ def test_confirm_records_kept_out_of_the_ranking(tmp_path, capsys):
 @pytest.mark.server
 def test_plots_from_a_real_small_sweep(demo_model, llama_server_bin, tmp_path):
     """The sweep's real records (not our synthetic ones) render: table, heatmap, report."""
-    import sweep
+    from rys import sweep
 
     out = tmp_path / "real.jsonl"
     argv = [str(demo_model), "-o", str(out), "--block-sizes", "3", "--start-min", "4",
