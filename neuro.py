@@ -147,9 +147,14 @@ def lens_summary(rows: Sequence[LensRow], n_depths: int) -> dict[str, Any]:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two vectors (0 when one is all zeros)."""
+    """Cosine similarity of two vectors, in [-1, 1] (exactly 1 for equal vectors, whatever the
+    rounding; 0 when one is all zeros)."""
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    return float(np.dot(a, b) / (na * nb)) if na > 0 and nb > 0 else 0.0
+    if na == 0 or nb == 0:
+        return 0.0
+    if np.array_equal(a, b):
+        return 1.0
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
 
 
 def influence(a: np.ndarray, b: np.ndarray) -> float:
@@ -280,8 +285,9 @@ def check_labelled(data: Sequence[Labelled], folds: int, source: str) -> None:
             raise cli.UsageError(f"--folds must be >= 2, got {folds}")
         small = {c: n for c in classes if (n := sum(d.label == c for d in data)) < folds}
         if small:
+            have = ", ".join(f"{c!r} has {n}" for c, n in small.items())
             raise cli.UsageError(f"--data {source}: each class needs at least --folds {folds} "
-                                 f"prompts; {', '.join(f'{c!r} has {n}' for c, n in small.items())}")
+                                 f"prompts; {have}")
     else:
         for part in ("train", "test"):
             got = {d.label for d in data if d.split == part}
@@ -384,8 +390,9 @@ def interaction(base: Iterable[Any], a: Iterable[Any], b: Iterable[Any], ab: Ite
                 ) -> Delta:
     """Joint effect minus the sum of the single effects, item by item:
     mean of (s_ab - s_base) - (s_a - s_base) - (s_b - s_base) = (s_ab - s_b) - (s_a - s_base)
-    over the items all four scored, with its paired standard error (probes.paired_delta)."""
-    base, a, b, ab = list(base), list(a), list(b), list(ab)
+    over the items all four scored, with its paired standard error (probes.paired_delta).
+    Takes ProbeResults or lists of items (ItemResults or their dicts)."""
+    base, a, b, ab = (list(getattr(x, "items", x)) for x in (base, a, b, ab))
     d, se = P.paired_delta(_difference(base, a), _difference(b, ab))
     return Delta(d, se)
 
@@ -622,8 +629,8 @@ def require_patched(binary: str, view: str) -> None:
     if not E.supports_layer_paths(binary):
         raise cli.UsageError(
             f"{PROG} {view} needs a llama-server that runs layer paths in place; {binary} has no "
-            f"{E.LAYER_PATH_FLAG} option: build it with scripts/build_llama_server.sh --rys-patches "
-            f"and pass it with --llama-server")
+            f"{E.LAYER_PATH_FLAG} option: build it with scripts/build_llama_server.sh "
+            f"--rys-patches and pass it with --llama-server")
 
 
 def choose_binary(explicit: str | None) -> str:
@@ -747,11 +754,20 @@ def collect_states(target: Target, eng: E.VirtualEngine, texts: Sequence[str],
     return out
 
 
-def probe_prompts(target: Target, jobs: Mapping[str, P.ProbeJob], url: str
-                  ) -> list[tuple[str, str]]:
-    """(probe name, prompt up to the answer) for every item of the jobs."""
+def question_only(probe: P.Probe) -> P.Probe:
+    """The probe without its instruction and few-shot examples: prompts are just
+    ``Question: ...\nAnswer:`` (or the question as the one chat turn)."""
+    return dataclasses.replace(probe, settings=dataclasses.replace(
+        probe.settings, fewshot=(), instruction=""))
+
+
+def probe_prompts(target: Target, jobs: Mapping[str, P.ProbeJob], url: str,
+                  full: bool = False) -> list[tuple[str, str]]:
+    """(probe name, prompt up to the answer) for every item of the jobs: the question alone, or
+    (``full``) the whole few-shot prompt logprob mode sends."""
     client = P.LlamaClient(url, timeout=target.timeout)
-    return [(name, P.logprob_base(client, job.probe, item, target.chat, target.no_think))
+    return [(name, P.logprob_base(client, job.probe if full else question_only(job.probe), item,
+                                  target.chat, target.no_think))
             for name, job in jobs.items() for item in job.items]
 
 
@@ -780,6 +796,8 @@ def _img(name: str, title: str, fig: Any, kind: str) -> V.Plot:
 def lens_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     """Depth x item heatmaps of the answer's log-probability (one panel per probe; a white dot
     where the answer ranks first, a red bar where it emerges), and depth x probe means."""
+    from matplotlib.ticker import MaxNLocator
+
     depths = doc["depths"]
     names = list(doc["probes"])
     rows = doc["rows"]
@@ -832,6 +850,7 @@ def lens_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     for n in names:
         a2.plot(depths, doc["probes"][n]["top1_rate"], marker="o", ms=3, label=n)
     a2.set_ylim(-0.02, 1.02)
+    a2.xaxis.set_major_locator(MaxNLocator(integer=True))
     a2.set_xlabel("depth")
     a2.set_ylabel("answers ranked first")
     a2.legend(fontsize=8)
@@ -843,6 +862,8 @@ def lens_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
 def influence_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     """Influence per layer (one line per probe, and all prompts) and the depth x depth
     similarity of the states."""
+    from matplotlib.ticker import MaxNLocator
+
     depths = doc["depths"]
     fig = V._new_figure(12.0, 4.8)
     a1, a2 = fig.subplots(1, 2)
@@ -852,6 +873,7 @@ def influence_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     allp = doc["all"]["influence"]
     a1.plot([x["layer"] for x in allp], [x["value"] for x in allp], color="black", lw=2,
             label="all prompts")
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
     a1.set_xlabel("layer")
     a1.set_ylabel("1 - cos(state before, state after)")
     a1.set_title("Layer influence (final-norm states)")
@@ -871,6 +893,8 @@ def influence_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
 
 def probe_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     """Held-out accuracy per layer, the shuffled-label control and the chance level."""
+    from matplotlib.ticker import MaxNLocator
+
     layers = doc["layers"]
     fig = V._new_figure(9.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
@@ -885,6 +909,7 @@ def probe_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     if doc.get("best_layer") is not None:
         ax.axvline(doc["best_layer"], color="tab:blue", alpha=0.3, lw=6)
     ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("accuracy")
     ax.set_title(f"Linear probe per layer: {doc['settings']['data_name']}")
@@ -1178,19 +1203,21 @@ def view_lens(target: Target, args: argparse.Namespace, depths: list[int],
     return doc, {}
 
 
-def _states_for(target: Target, args: argparse.Namespace, jobs: Mapping[str, P.ProbeJob],
-                depths: Sequence[int], log_dir: Path, desc: str
-                ) -> tuple[list[str], dict[int, list[np.ndarray]], dict[str, Any]]:
-    """(probe of each prompt, states per depth, server info) for the probes' items, on one
-    server: the prompts (chat template applied by it) are asked for before the first switch."""
-    rough = [P.completion_prompt(j.probe, it) for j in jobs.values() for it in j.items]
+def probe_states(target: Target, jobs: Mapping[str, P.ProbeJob], depths: Sequence[int],
+                 log_dir: Path, pooling: str = "last", desc: str = "states", quiet: bool = False,
+                 full: bool = False
+                 ) -> tuple[list[str], dict[int, list[np.ndarray]], dict[str, Any]]:
+    """(probe of each prompt, states per depth, server info) for the probes' items (the
+    questions alone unless ``full``: see probe_prompts), on one server: the prompts (a chat
+    template applied by it) are asked for before the first switch."""
+    rough = [P.completion_prompt(j.probe if full else question_only(j.probe), it)
+             for j in jobs.values() for it in j.items]
     margin = 2048 if target.chat else 0  # what a chat template adds, generously
-    with target.engine(log_dir, args.pooling, prompt_ubatch(rough) + margin) as eng:
+    with target.engine(log_dir, pooling, prompt_ubatch(rough) + margin) as eng:
         with eng.serve(None, log_dir / "server.log") as served:
-            pairs = probe_prompts(target, jobs, served.url)
+            pairs = probe_prompts(target, jobs, served.url, full)
         names = [n for n, _ in pairs]
-        states = collect_states(target, eng, [t for _, t in pairs], depths, log_dir, desc,
-                                args.quiet)
+        states = collect_states(target, eng, [t for _, t in pairs], depths, log_dir, desc, quiet)
         server = target.server_info(eng)
     return names, states, server
 
@@ -1199,9 +1226,11 @@ def view_influence(target: Target, args: argparse.Namespace, depths: list[int],
                    jobs: Mapping[str, P.ProbeJob]) -> tuple[dict, dict]:
     started, t0 = _now(), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rys-neuro-") as d:
-        names, states, server = _states_for(target, args, jobs, depths, Path(d), "influence")
+        names, states, server = probe_states(target, jobs, depths, Path(d), args.pooling,
+                                             "influence", args.quiet, args.full_prompts)
     settings = {"probes": args.probes, "split": args.split, "repeat": args.repeat,
-                "pooling": args.pooling, "chat": target.chat}
+                "pooling": args.pooling, "prompts": "full" if args.full_prompts else "question",
+                "chat": target.chat}
     doc = new_doc("influence", target, server, settings, started, t0)
     doc["depths"] = depths
     doc.update(influence_doc_part(depths, states, names))
@@ -1336,7 +1365,8 @@ def view_predict(target: Target, args: argparse.Namespace, jobs: Mapping[str, P.
         source = str(Path(args.influence).resolve())
     else:
         with tempfile.TemporaryDirectory(prefix="rys-neuro-") as d:
-            names, states, server = _states_for(target, args, jobs, depths, Path(d), "predict")
+            names, states, server = probe_states(target, jobs, depths, Path(d), args.pooling,
+                                                 "predict", args.quiet, args.full_prompts)
         part = influence_doc_part(depths, states, names)
         S = np.array(part["similarity"], dtype=float)
         source = "states measured here"
@@ -1345,7 +1375,8 @@ def view_predict(target: Target, args: argparse.Namespace, jobs: Mapping[str, P.
     top = order[:args.top]
     settings = {"probes": args.probes, "split": args.split, "statistic": args.statistic,
                 "min_block": args.min_block, "max_block": args.max_block, "times": args.times,
-                "top": args.top, "states": source, "pooling": args.pooling}
+                "top": args.top, "states": source, "pooling": args.pooling,
+                "prompts": "full" if args.full_prompts else "question"}
     doc = new_doc("predict", target, server, settings, started, t0)
     doc["depths"] = depths
     doc["similarity"] = part["similarity"]
@@ -1477,6 +1508,10 @@ def _common(sp: argparse.ArgumentParser, probes: bool = True, depths: bool = Tru
     o.add_argument("-v", "--verbose", action="store_true")
 
 
+FULL_HELP = ("the whole few-shot prompts of the probes (default: each item's question alone, "
+             "'Question: ...\\nAnswer:'; states cost a prompt evaluation per prompt and depth)")
+
+
 def build_parser() -> cli.ArgumentParser:
     ap = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.dashed_value_options = ("--server-args",)
@@ -1497,6 +1532,7 @@ def build_parser() -> cli.ArgumentParser:
     _common(sp)
     sp.add_argument("--pooling", choices=("last", "none"), default="last",
                     help="last token (default) or every token (ShortGPT's mean over tokens)")
+    sp.add_argument("--full-prompts", action="store_true", help=FULL_HELP)
     sp = add("probe", "linear probes per layer on labelled prompts, with a shuffled control")
     _common(sp, probes=False)
     sp.add_argument("--data", required=True, metavar="FILE",
@@ -1523,6 +1559,7 @@ def build_parser() -> cli.ArgumentParser:
     sp.add_argument("--influence", metavar="influence.json",
                     help="use the states of an earlier influence run (every layer) instead")
     sp.add_argument("--pooling", choices=("last",), default="last", help=argparse.SUPPRESS)
+    sp.add_argument("--full-prompts", action="store_true", help=FULL_HELP)
     sp = add("repeat", "probe scores with each prompt repeated N times next to layer paths")
     _common(sp, depths=False, repeat=False)
     sp.add_argument("--repeats", default="1,2", metavar="N,N,...",

@@ -85,8 +85,9 @@ def test_each_scorer_names_the_answer_the_lens_follows():
 
 
 def test_influence_is_one_minus_cosine_and_zero_for_the_same_state():
-    a = np.array([1.0, 2.0, -3.0])
-    assert N.influence(a, a.copy()) == 0.0
+    a = np.array([0.1, 0.7, -3.3])
+    assert N.influence(a, a.copy()) == 0.0  # exactly, whatever the rounding of the cosine
+    assert N.cosine(a, 3 * a) == pytest.approx(1.0) and N.cosine(a, 0 * a) == 0.0
     assert N.influence(np.array([1.0, 0.0]), np.array([0.0, 5.0])) == pytest.approx(1.0)
     assert N.influence(np.array([1.0, 1.0]), np.array([-2.0, -2.0])) == pytest.approx(2.0)
     # per-token states: the mean over tokens (ShortGPT)
@@ -209,6 +210,9 @@ def test_interaction_is_the_joint_effect_minus_the_single_effects_item_by_item()
     assert got.delta == pytest.approx(np.mean(want))
     assert got.stderr == pytest.approx(np.std(want, ddof=1) / math.sqrt(3))
     # an item one of the four runs did not score is left out
+    as_results = N.interaction(*(P.aggregate(P.get_probe("reasoning"), "dev", "logprob", False,
+                                             x) for x in (base, one, two, both)))
+    assert as_results == got  # ProbeResults read the same as their items
     gap = N.interaction(base, one, _items({"a": 0.6, "b": None, "c": 0.5}), both)
     assert gap.delta == pytest.approx(np.mean([want[0], want[2]]))
 
@@ -285,6 +289,14 @@ def test_the_plan_is_a_paths_file_rys_sweep_reads_back():
     assert [list(c.path) for c in cfgs] == [layer_path.duplicate(3, 6, 18),
                                            layer_path.duplicate(4, 5, 18, 2)]
     assert cfgs[0].label.startswith("predicted #1 dup(3,6)")
+
+
+def test_states_default_to_the_question_alone():
+    probe = P.get_probe("reasoning")
+    item = probe.items[0]
+    short = P.completion_prompt(N.question_only(probe), item)
+    assert short == f"Question: {item.prompt}\nAnswer:"
+    assert P.completion_prompt(probe, item).endswith(short) and probe.settings.fewshot
 
 
 # =========================================================================== repeat
