@@ -920,6 +920,8 @@ def probe_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
 
 def pairs_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     """Single-layer ablation effects and the interaction matrix of the pairs."""
+    from matplotlib.ticker import MaxNLocator
+
     singles = doc["singles"]
     layers = doc["layers"]
     fig = V._new_figure(12.0, 4.8)
@@ -929,6 +931,7 @@ def pairs_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     es = [2 * (singles[str(k)]["combined"]["stderr"] or 0.0) for k in ks]
     a1.bar(ks, ds, yerr=es, color=["tab:red" if k in layers else "lightgrey" for k in ks])
     a1.axhline(0, color="black", lw=0.8)
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
     a1.set_xlabel("ablated layer")
     a1.set_ylabel("combined delta (±2 se)")
     a1.set_title("Single-layer ablation (red: the pairs' layers)")
@@ -956,6 +959,8 @@ def pairs_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
 def predict_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     """The predicted merit of every block, start i (rows) by end j (columns, exclusive), the
     top predictions numbered."""
+    from matplotlib.ticker import MaxNLocator
+
     n = doc["model"]["n_layers"]
     M = np.full((n, n + 1), np.nan)
     for b in doc["blocks"]:
@@ -967,6 +972,8 @@ def predict_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     for r, b in enumerate(doc["top"], 1):
         ax.text(b["j"], b["i"], str(r), ha="center", va="center", color="white", fontsize=8,
                 fontweight="bold")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("j (end, exclusive)")
     ax.set_ylabel("i (start)")
     ax.set_title(f"Predicted merit ({doc['settings']['statistic']}); numbers: predicted rank")
