@@ -30,13 +30,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import requests
 
 from rys import gguf_surgery
 from rys import layer_path
 from rys import llama_server as LS
+from rys import probes as P
 from rys.sweep_record import ENGINE_PHYSICAL
 
 log = logging.getLogger("rys.engine")
@@ -132,6 +133,11 @@ class Served:
         """Raise llama_server.ServerExited if the server died (e.g. during probes)."""
         self.server.check_alive(grace)
 
+    def run_jobs(self, jobs: Mapping[str, P.ProbeJob], **kw: Any) -> dict[str, P.ProbeResult]:
+        """Score probe jobs on this path (over HTTP, ``probes.run_jobs``; a replay answers from
+        its recording): the one way a sweep gets item results from an engine."""
+        return P.run_jobs(self.url, jobs, slots=self.slots, **kw)
+
 
 class Serving(abc.ABC):
     """One use of an engine for one path (see the module docstring)."""
@@ -182,6 +188,10 @@ class Engine(abc.ABC):
     def space_needed(self, path: Sequence[int] | None) -> int:
         """Bytes of tmp space serving ``path`` writes (0 when nothing is written)."""
         return 0
+
+    def version(self) -> str:
+        """What serves the paths, for records (the server's ``--version``)."""
+        return LS.server_version(self.settings.binary)
 
     @abc.abstractmethod
     def serve(self, path: Sequence[int] | None, log_path: str | os.PathLike) -> Serving:
