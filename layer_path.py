@@ -19,7 +19,7 @@ lexicographically), so it doubles as the canonical form used in file names and r
 gives a filesystem-safe version of it.
 
 This module depends on nothing else of rys: the ``rys-path`` command that writes a GGUF following a
-path lives with the writer, in gguf_surgery.
+path lives with the writer, in gguf_surgery. Manual: docs/layer-paths.md.
 """
 
 from __future__ import annotations

