@@ -154,12 +154,17 @@ class Scan:
 
     def delta(self, key_path: str, split: str,
               weights: Mapping[str, float] | None = None) -> Delta | None:
-        """Combined delta of a config against the baseline on all items of a split: per probe
+        """Combined delta of a config against the baseline on all items of a split."""
+        return self.paired(ORIGINAL, key_path, split, weights)
+
+    def paired(self, a: str, b: str, split: str,
+               weights: Mapping[str, float] | None = None) -> Delta | None:
+        """Combined delta of config ``b`` against config ``a`` on all items of a split: per probe
         paired over items (probes.paired_delta), combined with the sweep's weights."""
         deltas = {}
         for probe in self.items[split]:
-            d, se = P.paired_delta(self.item_results(ORIGINAL, split, probe),
-                                   self.item_results(key_path, split, probe))
+            d, se = P.paired_delta(self.item_results(a, split, probe),
+                                   self.item_results(b, split, probe))
             deltas[probe] = Delta(d, se)
         w = dict(weights) if weights else {p: 1.0 for p in self.items[split]}
         return R.combined_delta(deltas, w)

