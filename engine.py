@@ -30,14 +30,13 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import requests
 
 from rys import gguf_surgery
 from rys import layer_path
 from rys import llama_server as LS
-from rys import probes as P
 from rys.sweep_record import ENGINE_PHYSICAL
 
 log = logging.getLogger("rys.engine")
@@ -129,14 +128,13 @@ class Served:
     surgery_s: float = 0.0
     load_s: float = 0.0
 
+    # A server is probed over HTTP (probes.run_jobs on url); an engine without one (a replay)
+    # answers probe jobs itself: ``answers(jobs, **run_jobs options) -> {probe: ProbeResult}``.
+    answers: Callable[..., dict] | None = None
+
     def check_alive(self, grace: float = 0.0) -> None:
         """Raise llama_server.ServerExited if the server died (e.g. during probes)."""
         self.server.check_alive(grace)
-
-    def run_jobs(self, jobs: Mapping[str, P.ProbeJob], **kw: Any) -> dict[str, P.ProbeResult]:
-        """Score probe jobs on this path (over HTTP, ``probes.run_jobs``; a replay answers from
-        its recording): the one way a sweep gets item results from an engine."""
-        return P.run_jobs(self.url, jobs, slots=self.slots, **kw)
 
 
 class Serving(abc.ABC):

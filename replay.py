@@ -282,13 +282,14 @@ class _ReplayServed(E.Served):
     """A recorded config answering probe jobs from its item scores."""
 
     def __init__(self, scan: Scan, key_path: str) -> None:
-        super().__init__(url=f"replay:{key_path}", slots=1, server=None)  # type: ignore[arg-type]
+        super().__init__(url=f"replay:{key_path}", slots=1, server=None,  # type: ignore[arg-type]
+                         answers=self.answer)
         self.scan, self.key_path = scan, key_path
 
     def check_alive(self, grace: float = 0.0) -> None:
         return None
 
-    def run_jobs(self, jobs: Mapping[str, P.ProbeJob], **kw: Any) -> dict[str, P.ProbeResult]:
+    def answer(self, jobs: Mapping[str, P.ProbeJob], **kw: Any) -> dict[str, P.ProbeResult]:
         out = {}
         for name, job in jobs.items():
             if job.split not in self.scan.items or name not in self.scan.items[job.split]:

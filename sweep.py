@@ -426,6 +426,14 @@ def probe_result_from_dicts(probe: P.Probe, split: str, rec_probe: R.ProbeScore,
 # =========================================================================== the runner
 
 
+def run_jobs(served: E.Served, jobs: Mapping[str, P.ProbeJob], **kw) -> dict[str, P.ProbeResult]:
+    """Score probe jobs on a served path: over HTTP (probes.run_jobs), or by the engine itself
+    when it has no server (a replay)."""
+    if served.answers is not None:
+        return served.answers(jobs, **kw)
+    return P.run_jobs(served.url, jobs, slots=served.slots, **kw)
+
+
 class AllItemsFailed(SweepError):
     """Every request of a probe failed while the server stayed up (timeouts, HTTP errors)."""
 
@@ -802,8 +810,8 @@ class Sweep:
                 jobs[name] = P.ProbeJob.select(probe, split=job.settings.split, n=n,
                                                offset=offset, mode=self.o.mode)
         # Probes side by side, each server slot pinned to one worker (see probes.run_jobs).
-        parts = served.run_jobs(jobs, chat=self.chat, no_think=self.o.no_think,
-                                timeout=self.o.item_timeout, costs=self.item_cost)
+        parts = run_jobs(served, jobs, chat=self.chat, no_think=self.o.no_think,
+                         timeout=self.o.item_timeout, costs=self.item_cost)
         self.item_cost.update(P.measured_costs(parts))
         out: dict[str, P.ProbeResult] = {}
         for name, probe in self.suite.probes.items():
@@ -833,8 +841,8 @@ class Sweep:
                                             mode=self.o.mode)
                     for name, ids in S.race_items(chunk).items()}
             try:
-                got = served.run_jobs(jobs, chat=self.chat, no_think=self.o.no_think,
-                                      timeout=self.o.item_timeout, costs=self.item_cost)
+                got = run_jobs(served, jobs, chat=self.chat, no_think=self.o.no_think,
+                               timeout=self.o.item_timeout, costs=self.item_cost)
                 if any(r.n_errors for r in got.values()):
                     served.check_alive(grace=3.0)  # a dead server explains failed items
             except BaseException:

@@ -401,15 +401,15 @@ def test_an_interrupted_sweep_summarises_what_finished(peaked, tmp_path, monkeyp
     """Ctrl-C in the middle of a plan: the summary ranks the configs that finished and has the
     noise floor (the identity finished), instead of "no candidate config has finished yet"."""
     calls = {"n": 0}
-    real = replay._ReplayServed.run_jobs
+    real = replay._ReplayServed.answer
 
-    def run_jobs(self, jobs, **kw):
+    def answer(self, jobs, **kw):
         calls["n"] += 1
         if calls["n"] == 5:  # baseline, identity, two blocks, then Ctrl-C
             raise KeyboardInterrupt("SIGINT")
         return real(self, jobs, **kw)
 
-    monkeypatch.setattr(replay._ReplayServed, "run_jobs", run_jobs)
+    monkeypatch.setattr(replay._ReplayServed, "answer", answer)
     out = tmp_path / "r.jsonl"
     assert sweep.main(["--replay", str(peaked), "-o", str(out), "--quiet", "--block-sizes",
                        "3"]) == sweep.EXIT_INTERRUPTED

@@ -612,8 +612,8 @@ def test_confirm_records_kept_out_of_the_ranking(tmp_path, capsys):
     assert row["dev_delta"] == pytest.approx(sum(truth[(6, 9)].values()) / 2)
     assert row["test_delta"] == pytest.approx(0.045) and row["sig"] == "+"
     assert viz.main([str(f), "--no-plots", "--format", "table"]) == 0
-    assert re.search(r"dup\(6,9\)\s+dev\s+\+0\.071±0\.008\s+test\s+\+0\.045±0\.008\s+holds",
-                     capsys.readouterr().out)
+    assert re.search(r"dup\(6,9\)\s+dev\s+\+0\.071±0\.008\s+test\s+\+0\.045±0\.008\s+"
+                     r"adjusted p\s+[0-9.e-]+\s+holds", capsys.readouterr().out)
     html_out = tmp_path / "c.html"
     assert viz.main([str(f), "--no-plots", "--html", str(html_out)]) == 0
     assert "Held-out confirmation" in html_out.read_text()
