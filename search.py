@@ -28,36 +28,26 @@ the sweep's (``sweep_record``): a finished config is an ordinary full record, a 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
 import re
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from rys import plans
+from rys import study as ST
 from rys import probes as P
 from rys import sweep_record as R
 from rys.plans import Config
 
 log = logging.getLogger("rys.search")
 
-
-@contextlib.contextmanager
-def _experimental() -> Iterator[None]:
-    """WilcoxonPruner, heartbeats and their retry callback are marked experimental in Optuna; rys
-    pins what it uses through its tests, so the warning would only alarm users."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        yield
 
 ADAPTIVE, RANDOM = "adaptive", "random"
 STRATEGIES = (ADAPTIVE, RANDOM)
@@ -263,70 +253,17 @@ def make_pruner(s: SearchSettings) -> optuna.pruners.BasePruner:
     if s.strategy == RANDOM:
         return optuna.pruners.NopPruner()
     # no decision before the first chunk is in: a few items say little
-    with _experimental():
+    with ST.experimental():
         return optuna.pruners.WilcoxonPruner(p_threshold=s.p_threshold,
                                              n_startup_steps=max(2, s.chunk))
 
 
-HEARTBEAT_S = 60  # a shared study's running trial is alive while its process beats this often
-GRACE_S = 180  # and handed to another process when it has not beaten for this long
-
-
-def storage(url: str, own: bool, heartbeat: int = HEARTBEAT_S,
-            grace: int = GRACE_S) -> optuna.storages.BaseStorage:
-    """The Optuna storage of a search: ``memory`` (tests, bench), or an RDB URL (an SQLite file
-    of the sweep's own, or a shared PostgreSQL/SQLite study with heartbeats: a process that dies
-    mid-config stops beating and its trial, with its per-item values and items, is queued again
-    for another process)."""
-    if url == "memory":
-        return optuna.storages.InMemoryStorage()
-    retry = retry_callback()
-    with _experimental():
-        if own:
-            st = optuna.storages.RDBStorage(url)
-        else:
-            st = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat,
-                                            grace_period=grace,
-                                            heartbeat_stale_trial_callback=retry)
-    if url.startswith("sqlite:"):
-        _sqlite_wal(st)
-    return st
-
-
-def _sqlite_wal(st: optuna.storages.RDBStorage) -> None:
-    """SQLite in WAL mode with NORMAL sync: a per-item report is a commit, and full fsyncs made a
-    replayed search ten times slower; WAL never corrupts the file (at worst a power cut loses the
-    last reports, which the resumed search scores again)."""
-    import sqlalchemy
-
-    def pragmas(conn: Any, _record: Any) -> None:
-        cur = conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    sqlalchemy.event.listen(st.engine, "connect", pragmas)
-    st.engine.dispose()  # connections made before the listener reconnect with it
-
-
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """Optuna's callback that queues a failed (stale) trial again with its params, per-item values
-    and user attributes (the items it scored)."""
-    with _experimental():
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
-
-
-def redact(url: str) -> str:
-    """A storage URL fit for records and logs: never its password."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def open_study(name: str, storage: Any, s: SearchSettings) -> optuna.Study:
-    """Create or load the study; the sampler is replaced before every proposal (make_sampler)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                               sampler=make_sampler(s), pruner=make_pruner(s),
-                               load_if_exists=True)
+def open_search_study(url: str, name: str, own: bool, s: SearchSettings,
+                      heartbeat: int = ST.HEARTBEAT_S, patience: float = ST.PATIENCE_S) -> ST.Link:
+    """Create or load the search's study (the sampler is replaced before every proposal:
+    make_sampler)."""
+    return ST.open_link(url, name, own, heartbeat=heartbeat, patience=patience,
+                        sampler=make_sampler(s), pruner=make_pruner(s))
 
 
 # =========================================================================== proposals and races
@@ -366,9 +303,10 @@ class Search:
     ``ask``/``tell`` run in the sweep's main thread; a Race runs in a worker thread (reports and
     prune checks go to the study, which is thread-safe)."""
 
-    def __init__(self, study: optuna.Study, space: Space, settings: SearchSettings,
-                 order: Sequence[ItemRef], own_study: bool) -> None:
-        self.study, self.space, self.s, self.order = study, space, settings, list(order)
+    def __init__(self, link: ST.Link, space: Space, settings: SearchSettings,
+                 order: Sequence[ItemRef]) -> None:
+        self.link, self.space, self.s, self.order = link, space, settings, list(order)
+        self.study = link.study
         self.full = len(space) * len(self.order)
         self.budget = settings.budget.resolve(self.full)
         self._lock = threading.Lock()
@@ -377,30 +315,16 @@ class Search:
         self.t0 = time.monotonic()
         self.exhausted = False
         self.best_so_far: list[tuple[int, float]] = []  # (item-evaluations spent, best delta)
-        self.recover(own_study)
+        # trials left RUNNING by a process that died are queued again with their items
+        link.recover()
         self._spent = self._count_spent()
 
     # ------------------------------------------------------------------ state
-    def recover(self, own: bool) -> None:
-        """Trials left RUNNING by a process that died: with the sweep's own study file (one
-        process, the results file's lock) they are dead now; with a shared study the storage's
-        heartbeat decides (optuna.storages.fail_stale_trials). Either way a failed trial is queued
-        again with its params, per-item values and scored items (Optuna's retry callback), so its
-        config is finished by the next proposal without scoring an item twice."""
-        if own:
-            retry = retry_callback()
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                self.study.tell(t.number, state=TrialState.FAIL)
-                retry(self.study, self.study._storage.get_trial(t._trial_id))  # noqa: SLF001
-        else:
-            with _experimental():
-                optuna.storages.fail_stale_trials(self.study)
-
     def _count_spent(self) -> int:
         """Item-evaluations spent: distinct (config, item) pairs any trial reported (a retried
         trial inherits its predecessor's values, so they are not counted twice)."""
         seen: set[tuple[str, int]] = set()
-        for t in self.study.get_trials(deepcopy=False):
+        for t in self.link.trials():
             path = t.user_attrs.get(ATTR_PATH)
             if path is not None:
                 seen.update((path, int(s)) for s in t.intermediate_values)
@@ -421,7 +345,7 @@ class Search:
     def measured_paths(self) -> set[tuple[int, ...]]:
         """Configs any trial has measured, is measuring or failed on: never proposed again."""
         by = {c.spec: c.path for c in self.space.configs}
-        return {by[spec] for t in self.study.get_trials(deepcopy=False)
+        return {by[spec] for t in self.link.trials()
                 if (spec := t.user_attrs.get(ATTR_PATH)) in by}
 
     def done(self) -> bool:
@@ -431,11 +355,15 @@ class Search:
     def ask(self) -> Proposal | None:
         """The next config to measure: a queued retry first (Optuna serves waiting trials
         first), else a new proposal mapped to the nearest unmeasured config."""
+        if not self.link.own:  # what the other processes spent, and their dead trials
+            self.link.recover()
+            with self._lock:
+                self._spent = self._count_spent()
         if self.done():
             return None
-        n = len(self.study.get_trials(deepcopy=False))
+        n = len(self.link.trials())
         self.study.sampler = make_sampler(self.s, n)
-        trial = self.study.ask()
+        trial = self.link.call(self.study.ask)
         lo_s, hi_s = self.space.starts
         lo_z, hi_z = self.space.sizes
         start = trial.suggest_int("start", lo_s, hi_s)
@@ -449,43 +377,53 @@ class Search:
         cfg = self.space.nearest(start, size, times, self.measured_paths())
         if cfg is None:
             self.exhausted = True
-            trial.set_user_attr("reason", "every config of the space is measured")
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.link.call(trial.set_user_attr, "reason", "every config of the space is measured")
+            self.link.call(self.study.tell, trial, state=TrialState.FAIL)
             return None
         b = cfg.block
         assert b is not None
-        trial.set_user_attr(ATTR_PATH, cfg.spec)
-        trial.set_user_attr("block", [b.i, b.j, int(b.times or 1)])
+        self.link.call(trial.set_user_attr, ATTR_PATH, cfg.spec)
+        self.link.call(trial.set_user_attr, "block", [b.i, b.j, int(b.times or 1)])
         return Proposal(trial, cfg)
 
     def tell(self, prop: Proposal, value: float | None, complete: bool) -> None:
         """Finish a trial: COMPLETE with its combined delta when every item was scored (it can
         become the incumbent), PRUNED when stopped early, FAIL when it could not be measured."""
         if value is None or not math.isfinite(value):
-            self.study.tell(prop.trial, state=TrialState.FAIL, skip_if_finished=True)
+            self.link.call(self.study.tell, prop.trial, state=TrialState.FAIL,
+                           skip_if_finished=True)
         elif complete:
-            self.study.tell(prop.trial, value, skip_if_finished=True)
+            self.link.call(self.study.tell, prop.trial, value, skip_if_finished=True)
         else:
-            self.study.tell(prop.trial, state=TrialState.PRUNED, skip_if_finished=True)
+            self.link.call(self.study.tell, prop.trial, state=TrialState.PRUNED,
+                           skip_if_finished=True)
         best = self.best_value()
         if best is not None:
             self.best_so_far.append((self.spent, best))
 
     def best_value(self) -> float | None:
-        try:
-            return float(self.study.best_value)
-        except ValueError:
-            return None
+        best = self._best()
+        return None if best is None else float(best.value)  # type: ignore[arg-type]
 
     def best_path(self) -> str | None:
+        best = self._best()
+        return None if best is None else best.user_attrs.get(ATTR_PATH)
+
+    def _best(self) -> FrozenTrial | None:
         try:
-            return self.study.best_trial.user_attrs.get(ATTR_PATH)
-        except ValueError:
+            return self.link.call(lambda: self.study.best_trial)
+        except ValueError:  # no complete trial yet
             return None
 
     # ------------------------------------------------------------------ budget
     def take(self, n: int) -> int:
-        """Reserve up to ``n`` item-evaluations; the number granted (0: budget spent)."""
+        """Reserve up to ``n`` item-evaluations; the number granted (0: budget spent). In a shared
+        study the other processes' spending counts too (a budget may then be passed by at most one
+        chunk per other process, whose reservations are not seen)."""
+        if not self.link.own:
+            spent = self._count_spent()
+            with self._lock:
+                self._spent = max(self._spent, spent)
         with self._lock:
             k = max(0, min(n, self.budget - self._spent - self._reserved))
             self._reserved += k
@@ -573,12 +511,12 @@ class Race:
             if it is None or it.score is None or base is None:
                 continue
             value = self.scale.get(ref.probe, 0.0) * (it.score - base)
-            trial.report(value, self.pos[(ref.probe, ref.id)])
+            self.search.link.call(trial.report, value, self.pos[(ref.probe, ref.id)])
         keep = {(r.probe, r.id) for r in refs}
-        trial.set_user_attr(f"{ATTR_ITEMS}.{self.chunks}",
-                            {name: [it.to_dict() for it in res.items if (name, it.id) in keep]
-                             for name, res in results.items()
-                             if any((name, it.id) in keep for it in res.items)})
+        self.search.link.call(trial.set_user_attr, f"{ATTR_ITEMS}.{self.chunks}",
+                              {name: [it.to_dict() for it in res.items if (name, it.id) in keep]
+                               for name, res in results.items()
+                               if any((name, it.id) in keep for it in res.items)})
         self.chunks += 1
         self.scored += len(refs)
 
@@ -589,7 +527,7 @@ class Race:
             self._reserved = 0
 
     def _pruned(self) -> bool:
-        if self.prop.trial.should_prune():
+        if self.search.link.call(self.prop.trial.should_prune):
             self.stopped = STOP_PRUNED
             return True
         return False
@@ -618,10 +556,10 @@ def race_items(refs: Sequence[ItemRef]) -> dict[str, list[str]]:
     return out
 
 
-def describe_trials(study: optuna.Study) -> dict[str, int]:
+def describe_trials(link: ST.Link) -> dict[str, int]:
     """How many trials ended how (for summaries)."""
     counts = {"complete": 0, "stopped": 0, "failed": 0, "running": 0}
-    for t in study.get_trials(deepcopy=False):
+    for t in link.trials():
         if t.state == TrialState.COMPLETE:
             counts["complete"] += 1
         elif t.state == TrialState.PRUNED:

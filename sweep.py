@@ -48,6 +48,7 @@ from rys import llama_server as LS
 from rys import probes as P
 from rys import replay
 from rys import search as S
+from rys import study as ST
 from rys import sweep_record as R
 from rys.plans import (Config, PlanError, Rung, baseline_config, config_from_record, confirm_config,
                        dedupe, halving_cost, halving_rungs, halving_slices, identity_config,
@@ -468,6 +469,8 @@ class RunOptions:
     search: S.SearchSettings | None = None  # the adaptive (or random) search over the plan's blocks
     study: str | None = None  # Optuna storage URL of the search (None: a file beside the results)
     study_name: str | None = None
+    heartbeat: int = ST.HEARTBEAT_S  # shared study: a process beats this often for its config
+    store_patience: float = ST.PATIENCE_S  # how long an unreachable study store is waited for
 
 
 @dataclass(frozen=True)
@@ -836,23 +839,24 @@ class Sweep:
             name: [P.aggregate(self.suite.probes[name], split, self.o.mode, self.chat,
                                [_item_from_dict(d) for d in its])]
             for name, its in race.prop.prior.items() if name in self.suite.probes and its}
-        while (chunk := race.next_chunk()) is not None:
-            jobs = {name: P.ProbeJob.select(self.suite.probes[name], split=split, item_ids=ids,
-                                            mode=self.o.mode)
-                    for name, ids in S.race_items(chunk).items()}
-            try:
-                got = run_jobs(served, jobs, chat=self.chat, no_think=self.o.no_think,
-                               timeout=self.o.item_timeout, costs=self.item_cost)
-                if any(r.n_errors for r in got.values()):
-                    served.check_alive(grace=3.0)  # a dead server explains failed items
-            except BaseException:
-                race.abandon()
-                raise
-            self.item_cost.update(P.measured_costs(got))
-            race.report(chunk, got)
-            self._progress_items(len(chunk))
-            for name, res in got.items():
-                parts.setdefault(name, []).append(res)
+        with race.search.link.beating(race.prop.trial):  # a shared study knows we are alive
+            while (chunk := race.next_chunk()) is not None:
+                jobs = {name: P.ProbeJob.select(self.suite.probes[name], split=split,
+                                                item_ids=ids, mode=self.o.mode)
+                        for name, ids in S.race_items(chunk).items()}
+                try:
+                    got = run_jobs(served, jobs, chat=self.chat, no_think=self.o.no_think,
+                                   timeout=self.o.item_timeout, costs=self.item_cost)
+                    if any(r.n_errors for r in got.values()):
+                        served.check_alive(grace=3.0)  # a dead server explains failed items
+                except BaseException:
+                    race.abandon()
+                    raise
+                self.item_cost.update(P.measured_costs(got))
+                race.report(chunk, got)
+                self._progress_items(len(chunk))
+                for name, res in got.items():
+                    parts.setdefault(name, []).append(res)
         return {name: merge_probe_results(self.suite.probes[name], split, ps)
                 for name, ps in parts.items()}
 
@@ -1147,8 +1151,9 @@ class Sweep:
         order = S.item_order({name: [it.id for it in probe.select(dev.split, n=self.suite.counts[name])]
                               for name, probe in self.suite.probes.items()}, s.seed)
         url, own = self.study_storage()
-        study = S.open_study(self.study_name(space), S.storage(url, own), s)
-        return S.Search(study, space, s, order, own_study=own)
+        link = S.open_search_study(url, self.study_name(space), own, s, self.o.heartbeat,
+                                   self.o.store_patience)
+        return S.Search(link, space, s, order)
 
     def _incumbent_key(self) -> str | None:
         """Key of the full record of the search's current best config."""
@@ -1202,7 +1207,7 @@ class Sweep:
             self._note_full(job.cfg, out)
         if self.bar is not None:
             best = search.best_path()
-            c = S.describe_trials(search.study)
+            c = S.describe_trials(search.link)
             self.bar.set_postfix_str(f"configs {c['complete'] + c['stopped']} "
                                      f"({c['stopped']} stopped early); best "
                                      f"{self._search_best_text(best)}", refresh=True)
@@ -1270,7 +1275,7 @@ class Sweep:
         sr = self.search
         if sr is None:
             return None
-        trials = S.describe_trials(sr.study)
+        trials = S.describe_trials(sr.link)
         url, own = self.study_storage()
         reasons: dict[str, int] = {}
         for rec in self.records.values():
@@ -1282,7 +1287,7 @@ class Sweep:
         return {
             "strategy": sr.s.strategy, "describe": sr.s.describe(), "seed": sr.s.seed,
             "chunk": sr.s.chunk, "p_threshold": sr.s.p_threshold, "test": S.TEST_NAME,
-            "study": {"name": sr.study.study_name, "storage": S.redact(url), "own": own},
+            "study": {"name": sr.study.study_name, "storage": ST.redact(url), "own": own},
             "space": len(sr.space), "full_pass": sr.full, "budget": sr.budget,
             "spent": sr.spent, "spent_fraction": round(sr.spent / max(1, sr.full), 4),
             "scored_this_run": sr.scored_now,
@@ -1677,7 +1682,7 @@ def print_plan(sweep: Sweep, args: argparse.Namespace,
         print(f"  space: {len(plan)} configs; budget {s.budget.describe(full)}"
               + (f"; time limit {_eta(s.time_limit)}" if s.time_limit else ""))
         url, own = sweep.study_storage()
-        print(f"  study: {S.redact(url)}" + (" (this sweep's own)" if own else " (shared)"))
+        print(f"  study: {ST.redact(url)}" + (" (this sweep's own)" if own else " (shared)"))
     print(f"plan: baseline + identity + {len(plan)} configs"
           + (" (the search's space: it measures only some)" if sweep.o.search else ""))
     print(f"  {'baseline':<14} original file, no surgery" if physical else

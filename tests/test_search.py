@@ -339,16 +339,14 @@ def test_an_interrupted_race_is_finished_from_its_items(tmp_path):
 
     from rys import probes as P
 
-    first = S.Search(S.open_study("t", S.storage(url, True), settings), space, settings, order,
-                     own_study=True)
+    first = S.Search(S.open_search_study(url, "t", True, settings), space, settings, order)
     prop = first.ask()
     race = first.race(prop, base, scale)
     chunk = race.next_chunk()
     race.report(chunk, results(chunk))
     done = {r.id for r in chunk}
     # the process dies here: the trial stays RUNNING
-    second = S.Search(S.open_study("t", S.storage(url, True), settings), space, settings, order,
-                      own_study=True)
+    second = S.Search(S.open_search_study(url, "t", True, settings), space, settings, order)
     assert second.spent == 4
     again = second.ask()
     assert again.cfg.path == prop.cfg.path and {d["id"] for d in again.prior["a"]} == done
