@@ -355,11 +355,14 @@ class Search:
     def ask(self) -> Proposal | None:
         """The next config to measure: a queued retry first (Optuna serves waiting trials
         first), else a new proposal mapped to the nearest unmeasured config."""
+        waiting = False
         if not self.link.own:  # what the other processes spent, and their dead trials
             self.link.recover()
             with self._lock:
                 self._spent = self._count_spent()
-        if self.done():
+            # a dead process's config, queued again, is finished even when the budget is spent
+            waiting = bool(self.link.trials((TrialState.WAITING,)))
+        if self.done() and not waiting:
             return None
         n = len(self.link.trials())
         self.study.sampler = make_sampler(self.s, n)

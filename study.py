@@ -57,6 +57,8 @@ from rys import cli
 from rys import sweep_record as R
 
 log = logging.getLogger("rys.study")
+# Optuna warns that heartbeats are meant for Study.optimize; rys beats itself (Link.beating)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
 
 PROG = "rys-study"
 MEMORY = "memory"
@@ -140,19 +142,27 @@ def storage(url: str, own: bool, heartbeat: int = HEARTBEAT_S,
 
 
 def _sqlite_wal(st: optuna.storages.RDBStorage) -> None:
-    """SQLite in WAL mode with NORMAL sync: a per-item report is a commit, and full fsyncs made a
-    replayed search ten times slower; WAL never corrupts the file (at worst a power cut loses the
-    last reports, which the resumed search scores again)."""
+    """SQLite made safe and quick for several processes. Every transaction begins IMMEDIATE
+    (takes the write lock first): Python's sqlite3 otherwise reads outside a transaction, and two
+    processes could both take the same waiting trial (Optuna's read-then-update pop). WAL mode
+    with NORMAL sync: a per-item report is a commit, and full fsyncs made a replayed search ten
+    times slower; WAL never corrupts the file (a power cut may lose the last reports)."""
     import sqlalchemy
 
-    def pragmas(conn: Any, _record: Any) -> None:
+    def connect(conn: Any, _record: Any) -> None:
+        conn.isolation_level = None  # rys begins the transactions (below), not the driver
         cur = conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
         cur.close()
 
-    sqlalchemy.event.listen(st.engine, "connect", pragmas)
-    st.engine.dispose()  # connections made before the listener reconnect with it
+    def begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    sqlalchemy.event.listen(st.engine, "connect", connect)
+    sqlalchemy.event.listen(st.engine, "begin", begin)
+    st.engine.dispose()  # connections made before the listeners reconnect with them
 
 
 def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
@@ -280,10 +290,19 @@ def open_link(url: str, name: str, own: bool, direction: str = "maximize",
                 heartbeat=heartbeat)
 
     def connect() -> optuna.Study:
-        st = storage(url, own, heartbeat=heartbeat, grace=heartbeat * GRACE_FACTOR)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return optuna.create_study(study_name=name, storage=st, direction=direction,
-                                   sampler=sampler, pruner=pruner, load_if_exists=True)
+        for attempt in range(5):
+            try:
+                st = storage(url, own, heartbeat=heartbeat, grace=heartbeat * GRACE_FACTOR)
+                optuna.logging.set_verbosity(optuna.logging.WARNING)
+                return optuna.create_study(study_name=name, storage=st, direction=direction,
+                                           sampler=sampler, pruner=pruner, load_if_exists=True)
+            except (_sa_exc.IntegrityError, optuna.exceptions.DuplicatedStudyError):
+                # several processes created the store's tables or the study at the same moment:
+                # one won, the others load what it made
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     link.study = link.call(connect)
     return link
@@ -336,9 +355,13 @@ class SharedPlan:
                     self.link.call(self.link.study.enqueue_trial,
                                    {ATTR_PHASE: item[0], ATTR_PATH: item[1]})
                 continue
-            others = [t for t in self.link.trials((TrialState.RUNNING, TrialState.COMPLETE))
-                      if t.number != trial.number and _item(t) == item]
-            if others:
+            # two copies of one config (queued by two processes at once): the lower trial
+            # number is measured, whichever process asked first; a measured one is not again
+            rivals = [t for t in self.link.trials((TrialState.WAITING, TrialState.RUNNING,
+                                                   TrialState.COMPLETE))
+                      if t.number != trial.number and _item(t) == item
+                      and (t.state == TrialState.COMPLETE or t.number < trial.number)]
+            if rivals:
                 self._drop(trial, "duplicate of a config another process took")
                 continue
             return Work(trial, str(item[1]), phase)
@@ -357,6 +380,12 @@ class SharedPlan:
         else:
             self.link.call(self.link.study.tell, work.trial, state=TrialState.FAIL,
                            skip_if_finished=True)
+
+    def unfinished(self, but: str = CONFIRM) -> int:
+        """Trials of any phase but ``but`` still measured (RUNNING) or waiting anywhere: a plan's
+        or a search's configs, before the held-out check can pick the final top K."""
+        return sum(1 for t in self.link.trials((TrialState.RUNNING, TrialState.WAITING))
+                   if _item(t)[0] != but)
 
     def busy_elsewhere(self, phase: str = SWEEP) -> int:
         """Configs of ``phase`` other processes are measuring (RUNNING) or that wait."""
@@ -408,20 +437,26 @@ def study_names(url: str) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
 
 
-def export(url: str, name: str | None, out: Path) -> Path:
-    """Write a study's whole sweep as a results file (records, summary with the noise floor)
-    that rys-plot reads like any other; ``name`` may be omitted when the store holds one study.
-    The file is written whole or not at all; an existing file is never overwritten."""
+def resolve_study(url: str, name: str | None) -> str:
+    """The study to read: ``name``, or the store's only one; StudyError otherwise."""
     names = study_names(url)
     if name is None:
         if len(names) != 1:
             raise StudyError(f"{redact(url)} holds {len(names)} studies"
                              + (f" ({', '.join(names)})" if names else "")
                              + "; name one with --study-name")
-        name = names[0]
-    elif name not in names:
+        return names[0]
+    if name not in names:
         raise StudyError(f"{redact(url)} has no study {name!r} (it has "
                          f"{', '.join(names) or 'none'})")
+    return name
+
+
+def export(url: str, name: str | None, out: Path) -> Path:
+    """Write a study's whole sweep as a results file (records, summary with the noise floor)
+    that rys-plot reads like any other; ``name`` may be omitted when the store holds one study.
+    The file is written whole or not at all; an existing file is never overwritten."""
+    name = resolve_study(url, name)
     study = optuna.load_study(study_name=name, storage=storage(url, True))
     recs = records(study)
     if not recs:

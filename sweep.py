@@ -678,6 +678,8 @@ class Sweep:
         self.interrupted = False
         self._base_results: dict[str, dict[str, P.ProbeResult]] = {}
         self.search: S.Search | None = None
+        self.link: ST.Link | None = None  # the study (search, or a plan shared by processes)
+        self.shared_floor: dict[str, float] = {}  # the largest noise floor of all processes
         self.server_choice = ""  # which llama-server and engine, and why (engine_choice)
         self.searching = False  # the progress bar counts item-evaluations while the search runs
 
@@ -1052,10 +1054,13 @@ class Sweep:
                              f"{self.baseline.record.error}")
         self._note_full(baseline_config(n), self.baseline)
         ident_job = self._essential(identity_config(n), dev)
-        if self.o.search is not None:
+        if self.o.search is not None or self.o.study:
             (self.identity,) = self.ensure([ident_job])
             self._note_identity()
-            self._run_search(plan)
+            if self.o.search is not None:
+                self._run_search(plan)
+            else:
+                self._run_shared(plan)
         elif halving:
             (self.identity,) = self.ensure([ident_job])
             self._note_identity()
@@ -1068,8 +1073,13 @@ class Sweep:
                 self._note_full(cfg, out)
         if self.o.refine:
             self._run_refine(plan)
+        if self.link is not None and not self.link.own:
+            self._adopt_shared()
         if self.o.confirm:
-            self._run_confirm()
+            if self.link is not None and not self.link.own:
+                self._run_shared_confirm()
+            else:
+                self._run_confirm()
 
     def _note_identity(self) -> None:
         assert self.identity is not None
@@ -1143,6 +1153,122 @@ class Sweep:
                                s.seed, s.chunk, [c.spec for c in space.configs]])
         return self.o.study_name or f"{Path(self.src.paths[0]).stem}-{s.strategy}-{digest[:10]}"
 
+    def plan_study_name(self, plan: Sequence[Config]) -> str:
+        """A shared plan's study name: the same on every box for the same command."""
+        digest = R.short_hash([self.src.fingerprint, self.settings().key_part(), "plan",
+                               [c.spec for c in plan]])
+        return self.o.study_name or f"{Path(self.src.paths[0]).stem}-plan-{digest[:10]}"
+
+    def _share_references(self) -> None:
+        """This process's baseline and identity, kept in the study (rys-plot URL shows them)."""
+        assert self.link is not None
+        for name, out in (("baseline", self.baseline), ("identity", self.identity)):
+            if out is not None:
+                self.link.set_reference(name, out.record)
+
+    def _run_shared(self, plan: list[Config]) -> None:
+        """A plan shared with other processes through --study: take the next waiting config
+        (one per worker), measure it, keep its record in the study; when the queue is empty,
+        wait while other processes still measure (one of them may die: its config then comes
+        back to the queue)."""
+        url = self.o.study or ""
+        self.link = ST.open_link(url, self.plan_study_name(plan), own=False,
+                                 heartbeat=self.o.heartbeat, patience=self.o.store_patience)
+        self._share_references()
+        queue = ST.SharedPlan(self.link)
+        queue.enqueue([c.spec for c in plan])
+        by_spec = {c.spec: c for c in plan}
+        self._drain(queue, ST.SWEEP, lambda w: Job(by_spec[w.path], self.settings()))
+
+    def _drain(self, queue: ST.SharedPlan, phase: str, job_of: Callable[[ST.Work], Job]) -> None:
+        """Measure queued configs of one phase until none waits and no other process measures
+        one (shared by the plan and the held-out check)."""
+        assert self.link is not None
+        waited = False
+        while True:
+            works = []
+            for _ in [w for w in self.workers if w.alive]:
+                work = queue.take(phase)
+                if work is None:
+                    break
+                works.append(work)
+            if not works:
+                busy = queue.busy_elsewhere(phase)
+                if not busy:
+                    return
+                if not waited:
+                    self.say(f"waiting: {busy} config(s) are being measured by other processes "
+                             f"(one that dies is handed over after {self.o.heartbeat * ST.GRACE_FACTOR} s)")
+                    waited = True
+                time.sleep(min(5.0, self.o.heartbeat))
+                continue
+            waited = False
+            jobs = [job_of(w) for w in works]
+            self._grow(len(jobs))
+            with contextlib.ExitStack() as beats:
+                for w in works:
+                    beats.enter_context(self.link.beating(w.trial))
+                outs = self.ensure(jobs)
+            for w, out in zip(works, outs):
+                rec = out.record
+                items = self.store.items_for(rec.key) or {}
+                cd = self.combined_delta(rec) if rec.ok else None
+                queue.done(w, rec, items, None if cd is None else cd.delta)
+
+    def _adopt_shared(self) -> None:
+        """Every process's full records join this one's leaderboard, with the largest noise
+        floor of all processes: the summary is the whole shared sweep's."""
+        assert self.link is not None
+        recs = ST.records(self.link.study)
+        self.shared_floor = ST.noise_floor(recs)
+        want = self.settings().key_part()
+        for rec in recs:
+            if (rec.stage == Stage.SWEEP and rec.kind not in R.REFERENCE_KINDS
+                    and rec.kind != Kind.CONFIRM and rec.settings.key_part() == want):
+                cfg = config_from_record(rec, self.src.n_layers)
+                if cfg is not None:
+                    self.full[rec.key] = (cfg, rec)
+
+    def _run_shared_confirm(self) -> None:
+        """The held-out check of a shared sweep, shared too: once no process measures a config
+        of the sweep any more, the final top K are queued (every process computes the same K from
+        the same study), each process takes some (after its own test-split baseline), and the
+        rows are built from every process's confirm records."""
+        assert self.link is not None
+        queue = ST.SharedPlan(self.link)
+        said = False
+        while True:  # the top K is final only when nothing of the sweep is left anywhere
+            self.link.recover()
+            left = queue.unfinished(but=ST.CONFIRM)
+            if not left:
+                break
+            if not said:
+                self.say(f"waiting for {left} config(s) of other processes before the held-out "
+                         f"check")
+                said = True
+            time.sleep(min(5.0, self.o.heartbeat))
+        self._adopt_shared()
+        top = self.ranked()[: self.o.confirm]
+        queue.enqueue([cfg.spec for cfg, _ in top], ST.CONFIRM)
+        dev_of = {cfg.spec: (cfg, rec) for cfg, rec in top}
+        test = self.settings(split="test")
+        assert self.baseline is not None
+
+        def job_of(w: ST.Work) -> Job:
+            if self.test_baseline is None:
+                (self.test_baseline,) = self.ensure([Job(
+                    confirm_config(baseline_config(self.src.n_layers)), test,
+                    stage=Stage.CONFIRM, confirm_of=self.baseline.record.key)])  # type: ignore[union-attr]
+                self.link.set_reference("test-baseline", self.test_baseline.record)  # type: ignore[union-attr]
+            cfg, rec = dev_of[w.path]
+            return Job(confirm_config(cfg), test, stage=Stage.CONFIRM, confirm_of=rec.key)
+
+        self._drain(queue, ST.CONFIRM, job_of)
+        confirms = {r.confirm.of: r for r in ST.records(self.link.study)
+                    if r.kind == Kind.CONFIRM and r.confirm is not None
+                    and r.confirm.kind != Kind.BASELINE}
+        self._confirm_rows(top, [confirms.get(rec.key) for _, rec in top])
+
     def open_search(self, plan: list[Config]) -> S.Search:
         s = self.o.search
         assert s is not None
@@ -1166,6 +1292,9 @@ class Sweep:
         """Ask the search for configs (one per worker at a time), race each, tell the outcome,
         until the budget, the time limit or the space is spent."""
         search = self.search = self.open_search(plan)
+        self.link = search.link
+        if not search.link.own:
+            self._share_references()
         dev = self.settings()
         base = {(name, it.id): it.score
                 for name, res in self._baseline_items(dev.split).items() for it in res.items}
@@ -1247,17 +1376,22 @@ class Sweep:
             confirm_of=self.baseline.record.key)])
         outs = self.ensure([Job(confirm_config(cfg), test, stage=Stage.CONFIRM,
                                 confirm_of=rec.key) for cfg, rec in top])
-        checks = R.heldout([(self.combined_delta(rec), self.combined_delta(out.record))
-                            for (_, rec), out in zip(top, outs)],
+        self._confirm_rows(top, [out.record for out in outs])
+
+    def _confirm_rows(self, top: Sequence[tuple[Config, SweepRecord]],
+                      confirms: Sequence[SweepRecord | None]) -> None:
+        """The held-out check of the top K (sweep_record.heldout) as the summary's rows."""
+        checks = R.heldout([(self.combined_delta(rec), self.combined_delta(c) if c else None)
+                            for (_, rec), c in zip(top, confirms)],
                            self.noise().get(R.COMBINED), self.o.correction)
         rows = []
-        for (cfg, rec), out, h in zip(top, outs, checks):
-            rows.append({"key": rec.key, "confirm_key": out.record.key, "path": rec.path,
+        for (cfg, rec), c, h in zip(top, confirms, checks):
+            rows.append({"key": rec.key, "confirm_key": c.key if c else None, "path": rec.path,
                          "config": cfg.config_label, "added_layers": len(cfg.path) - len(
                              layer_path.identity(self.src.n_layers)),
                          "dev": R.to_json(h.dev), "test": R.to_json(h.test),
-                         "status": out.record.status, "p": h.p, "p_adjusted": h.p_adjusted,
-                         "shrinkage": h.shrinkage, "holds": h.holds})
+                         "status": c.status if c else R.ERROR, "p": h.p,
+                         "p_adjusted": h.p_adjusted, "shrinkage": h.shrinkage, "holds": h.holds})
         self.confirm_rows = rows
         self.heldout_checks = checks
 
@@ -1265,6 +1399,8 @@ class Sweep:
     def noise(self) -> dict[str, float]:
         """The noise floor (probes and ``combined``) from the identity control, under the
         current weights."""
+        if self.shared_floor:  # a shared sweep: the largest of every process's floors
+            return dict(self.shared_floor)
         ident = self.identity.record if self.identity else None
         if ident is None or not ident.ok:
             return {}
@@ -1537,8 +1673,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"random proposals before TPE models the space (default "
                    f"{S.DEFAULT_STARTUP})")
     a.add_argument("--study", metavar="URL",
-                   help="Optuna storage of the search (default: RESULTS.study.db, an SQLite file "
-                   "beside the results)")
+                   help="share the sweep (a plan or a search) with other rys-sweep processes "
+                   "through this Optuna storage: postgresql://USER:PASSWORD@HOST/DB for several "
+                   "boxes (rys-study serve makes one), sqlite:///FILE for one box; without it a "
+                   "search keeps its study in RESULTS.study.db")
+    a.add_argument("--heartbeat", type=int, default=ST.HEARTBEAT_S, metavar="S",
+                   help=f"with --study: beat every S seconds for the config being measured; a "
+                   f"process silent for {ST.GRACE_FACTOR}xS has its config handed to another "
+                   f"(default {ST.HEARTBEAT_S})")
+    a.add_argument("--store-timeout", type=float, default=ST.PATIENCE_S, metavar="S",
+                   help=f"how long an unreachable study store is waited for before stopping "
+                   f"(default {ST.PATIENCE_S:.0f})")
     a.add_argument("--study-name", metavar="NAME",
                    help="name of the study in that storage (default: from model, probes, "
                    "strategy, seed and space)")
@@ -1763,7 +1908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.run(PROG, _main, argv,
                    usage_errors=(P.ProbeError, PlanError, layer_path.LayerPathError,
                                  S.SearchError, replay.ScanError),
-                   failures=(SweepError, E.NoSpace),
+                   failures=(SweepError, E.NoSpace, ST.StoreGone),
                    interrupted="interrupted before the sweep started; nothing recorded")
 
 
@@ -1931,6 +2076,7 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         halving=args.halving, halving_min_items=args.halving_min_items, refine=args.refine,
         refine_rounds=args.refine_rounds, shard=shard, correction=args.correction,
         search=search, study=args.study, study_name=args.study_name,
+        heartbeat=args.heartbeat, store_patience=args.store_timeout,
     )
     sweep = Sweep(opts, source, suite, engines)  # type: ignore[arg-type]
     sweep.server_choice = engine_choice(binary, why, args.engine, engine_name)
@@ -1961,10 +2107,26 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
 
 def search_settings(args: argparse.Namespace) -> S.SearchSettings | None:
     """The --search options, checked (UsageError for what cannot work)."""
+    if args.study:
+        try:
+            ST.check_url(args.study)
+        except ST.StudyError as exc:
+            raise _usage(str(exc)) from None
+    if args.heartbeat < 1 or args.store_timeout <= 0:
+        raise _usage("--heartbeat must be >= 1 and --store-timeout > 0 (seconds)")
     if args.search is None:
-        for opt in ("study", "study_name", "time_limit"):
-            if getattr(args, opt):
-                raise _usage(f"--{opt.replace('_', '-')} needs --search")
+        if args.time_limit:
+            raise _usage("--time-limit needs --search")
+        if args.study_name and not args.study:
+            raise _usage("--study-name needs --study")
+        if args.study == ST.MEMORY:
+            raise _usage("--study memory keeps no state to share: it is for --search (replays)")
+        if args.study:
+            for opt, bad in (("halving", args.halving is not None), ("refine", bool(args.refine)),
+                             ("shard", bool(args.shard))):
+                if bad:
+                    raise _usage(f"--study shares the plan's configs between processes; --{opt} "
+                                 f"does not combine with it")
         return None
     for opt, bad in (("halving", args.halving is not None), ("refine", bool(args.refine)),
                      ("shard", bool(args.shard))):

@@ -1253,7 +1253,6 @@ def front_figure(sweep: Sweep):
 
 def ablation_figure(sweep: Sweep, probes: Sequence[str]):
     """Bar chart of the delta when each layer is skipped; one panel per probe plus combined."""
-    import numpy as np
 
     cells = sorted(_ablate_configs(sweep), key=lambda c: c.skip or 0)
     panels = _panels(sweep, probes)
@@ -1751,8 +1750,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Tables, ASCII views, PNG heatmaps and an HTML report for rys sweep results "
                     "(rys.sweep/1 JSONL, or the reference project's sweep JSONL).")
-    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS.jsonl",
-                   help="sweep results; several files of one model are merged")
+    p.add_argument("results", nargs="+", metavar="RESULTS.jsonl",
+                   help="sweep results; several files of one model are merged; a study URL "
+                   "(rys-sweep --study) draws the whole shared sweep from its store")
+    p.add_argument("--study-name", metavar="NAME",
+                   help="which study of a store given as a URL (needed when it holds several)")
     p.add_argument("-o", "--out", type=Path, metavar="DIR",
                    help="where PNGs go (default: RESULTS.plots/ next to the first file)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG files")
@@ -1998,10 +2000,38 @@ def _main(argv: Sequence[str]) -> int:
         raise InputError("--watch-interval must be > 0")
     if (args.mergekit_yaml or args.model) and not args.export:
         raise InputError("--mergekit-yaml/--model go with --export RANK")
-    for p in args.results:
-        if not p.is_file():
-            raise InputError(f"{p}: no such file")
-    opts = Options(paths=list(args.results), out_dir=args.out, html=args.html, top=args.top,
+    with contextlib.ExitStack() as stack:
+        return _main_on(args, _inputs(args, stack))
+
+
+def _inputs(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Path]:
+    """The results files; a study URL is exported (whole sweep, every process) to a temporary
+    results file, and its plots go to ./<study>.plots unless --out says otherwise."""
+    out = []
+    for text in args.results:
+        if "://" in text:
+            from rys import study as ST  # optuna loads only for a store
+
+            try:
+                ST.check_url(text)
+                name = ST.resolve_study(text, args.study_name)
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rys-plot-")))
+                path = ST.export(text, name, tmp / f"{name}.jsonl")
+            except ST.StudyError as exc:
+                raise InputError(str(exc)) from None
+            if args.out is None and not args.export:
+                args.out = Path(f"{path.stem}.plots")
+            out.append(path)
+        else:
+            p = Path(text)
+            if not p.is_file():
+                raise InputError(f"{p}: no such file")
+            out.append(p)
+    return out
+
+
+def _main_on(args: argparse.Namespace, paths: list[Path]) -> int:
+    opts = Options(paths=paths, out_dir=args.out, html=args.html, top=args.top,
                    probes=_split(args.probes),
                    pareto=tuple(_split(args.pareto) or ()) or None,  # type: ignore[arg-type]
                    fmt=args.format, n_layers=args.n_layers)
