@@ -380,7 +380,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent(parent_pid: int) -> None:  # runs in the child between fork and exec
+def die_with_parent(parent_pid: int) -> None:  # runs in the child between fork and exec
     """Ask the kernel to SIGKILL us when the launching thread dies (even by kill -9).
 
     SIGKILL, not SIGTERM: a server still loading a large model can take long to honour SIGTERM,
@@ -559,7 +559,7 @@ class LlamaServer:
                 cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env} if self.env else None,
                 start_new_session=True,
-                preexec_fn=(functools.partial(_die_with_parent, os.getpid())
+                preexec_fn=(functools.partial(die_with_parent, os.getpid())
                             if sys.platform.startswith("linux") else None),
             )
 

@@ -56,6 +56,7 @@ DEFAULT_P = 0.1  # Optuna's WilcoxonPruner default
 DEFAULT_STARTUP = 8  # random proposals before TPE models the space
 TEST_NAME = "Wilcoxon signed-rank, one-sided, paired per item vs the incumbent (Optuna WilcoxonPruner)"
 STOP_PRUNED, STOP_BUDGET, STOP_TIME = "worse than the incumbent", "budget spent", "time limit"
+STOP_HANDED = "handed to another process"  # declared dead while the study store was away
 
 
 class SearchError(ValueError):
@@ -268,8 +269,8 @@ def open_search_study(url: str, name: str, own: bool, s: SearchSettings,
 
 # =========================================================================== proposals and races
 
-ATTR_PATH = "path"
-ATTR_ITEMS = "items"  # user attribute prefix: "items.<chunk>" = {probe: [item dicts]}
+ATTR_PATH = ST.ATTR_PATH  # trial user attribute: the config a trial measures
+ATTR_ITEMS = ST.ATTR_ITEMS  # user attributes "items.<chunk>": {probe: [item dicts]} per chunk
 
 
 @dataclass
@@ -387,6 +388,7 @@ class Search:
         assert b is not None
         self.link.call(trial.set_user_attr, ATTR_PATH, cfg.spec)
         self.link.call(trial.set_user_attr, "block", [b.i, b.j, int(b.times or 1)])
+        self.link.call(trial.set_user_attr, ST.ATTR_BOX, ST.box_id())
         return Proposal(trial, cfg)
 
     def tell(self, prop: Proposal, value: float | None, complete: bool) -> None:
@@ -488,8 +490,13 @@ class Race:
 
     def report(self, chunk: Sequence[ItemRef], results: Mapping[str, P.ProbeResult]) -> None:
         """Report each scored item's value (its step: its position in the order) and keep the
-        chunk's items on the trial, then ask the pruner."""
-        self._report(chunk, results)
+        chunk's items on the trial, then ask the pruner. A trial another process declared dead
+        (the store was away longer than the grace) went back to the queue with what it had: this
+        race stops, and its items are recorded as its own, partial."""
+        try:
+            self._report(chunk, results)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.stopped = STOP_HANDED
         self.measured_now += len(chunk)
         self.search.settle(self._reserved, len(chunk), scored=len(chunk))
         self._reserved = 0
@@ -530,6 +537,8 @@ class Race:
             self._reserved = 0
 
     def _pruned(self) -> bool:
+        if self.stopped:
+            return True
         if self.search.link.call(self.prop.trial.should_prune):
             self.stopped = STOP_PRUNED
             return True

