@@ -1,15 +1,16 @@
-"""rys-sweep: plan layer-path configs, then serve / probe / record each one, resumably.
+"""rys-sweep: the runner and its command: serve / probe / record each config, resumably.
 
-The sweep is plan-then-execute: every config is plain data (`Config`) built by pure planner
-functions before anything runs, so ``--dry-run`` prints exactly what would run and a rerun can skip
-what is already recorded. The runner (`Sweep`) is made of four parts, each with one job:
+What to measure is decided elsewhere and drives the runner (`Sweep`): a plan (``rys.plans``: plain
+data built before anything runs, so ``--dry-run`` prints exactly what would run; successive
+halving's pure core, driven with a scoring callback), or the adaptive search (``rys.search``:
+Optuna proposes, each proposal is raced item chunk by item chunk), shared with other processes
+through a study when asked (``rys.study``). The runner's own parts, each with one job:
 
-* the plan: configs, planners, and successive halving's pure core (`successive_halving`), which the
-  runner drives with a scoring callback;
 * the store (`ResultsStore`): the results JSONL, its items sidecar, server logs and summary; the
   record format itself lives in ``sweep_record``;
-* the engine (``engine``): serves a path (physical: rewrite + fresh server; virtual: switch in place);
-* the probe runner (``probes.run_jobs``).
+* the engine (``engine``): serves a path (physical: rewrite + fresh server; virtual: switch in
+  place; replay: a recorded scan, ``rys.replay``);
+* the probe runner (``probes.run_jobs``), or a replay's answers (`run_jobs`).
 
 The first two configs are always the baseline (the unmodified model) and the identity control (path
 0..N-1 served like any other path): their difference plus the probes' standard errors is the noise

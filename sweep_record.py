@@ -1,12 +1,14 @@
 """The sweep record (schema ``rys.sweep/1``): its one typed definition, its files and its numbers.
 
 rys-sweep writes these records, rys-plot, bench and the tests read them; both sides use this module,
-so a field exists in one place (a dataclass field here, plus README's schema table, which a test
+so a field exists in one place (a dataclass field here, plus the schema table in docs/records.md, which a test
 checks against these classes). Also here, because they define what a record's numbers mean:
 
 * the config key (what a measurement depends on; resume matches on it) and the settings it hashes;
 * the combined score and combined delta (weighted means), the noise floor (what the identity control
   moves) and significance (when a delta clears the noise);
+* the held-out check: a gain's one-sided p-value, the corrections across the configs checked
+  (Holm, Benjamini-Hochberg), whether a gain holds, how much it shrank, and the verdict sentences;
 * the one human label of a config: ``dup(4,7)``, ``dup(4,7)x3``, ``skip(6)``, ``identity``, ...;
 * the JSONL files: read (one warning per bad line, naming it), append (flushed, fsync'd, never half
   a line), tail repair (a kill mid-write), the items sidecar line, the companion file names, and the
@@ -255,7 +257,7 @@ class SearchInfo:
 
 @dataclass(frozen=True)
 class SweepRecord:
-    """One results line; README.md, "Results JSONL schema", documents every field."""
+    """One results line; docs/records.md documents every field."""
 
     schema: str = SCHEMA
     key: str = ""
@@ -870,7 +872,8 @@ def summary_noise(summary: Mapping[str, Any]) -> dict[str, float]:
 
 
 def record_fields() -> dict[str, list[str]]:
-    """Field names per JSON object of the schema (README's tables are checked against these)."""
+    """Field names per JSON object of the schema (docs/records.md's table is checked against
+    these)."""
     return {cls.__name__: [f.name for f in dataclasses.fields(cls)]
             for cls in (SweepRecord, ProbeScore, Delta, Timings, ServerInfo, ModelInfo, Settings,
                         ConfirmRef, SearchInfo)}

@@ -1,6 +1,6 @@
 """Tables, ASCII views, PNG heatmaps and an HTML report for rys sweep results (rys-plot).
 
-Reads the JSONL written by rys-sweep (schema ``rys.sweep/1``, see README.md, "Results JSONL schema")
+Reads the JSONL written by rys-sweep (schema ``rys.sweep/1``, see docs/records.md)
 and the reference project's sweep JSONL (``dup_start``/``dup_end``/``*_score``/``is_baseline``), so
 old sweeps can be looked at with the same tools. Both are normalised into :class:`Config` records,
 grouped per model into :class:`Sweep` objects; everything below works on those.
