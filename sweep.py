@@ -1829,8 +1829,12 @@ def print_plan(sweep: Sweep, args: argparse.Namespace,
               + (f"; time limit {_eta(s.time_limit)}" if s.time_limit else ""))
         url, own = sweep.study_storage()
         print(f"  study: {ST.redact(url)}" + (" (this sweep's own)" if own else " (shared)"))
+    elif sweep.o.study:
+        print(f"study: {ST.redact(sweep.o.study)} (shared: this process takes the plan's next "
+              f"waiting config until none is left; study {sweep.plan_study_name(plan)})")
     print(f"plan: baseline + identity + {len(plan)} configs"
-          + (" (the search's space: it measures only some)" if sweep.o.search else ""))
+          + (" (the search's space: it measures only some)" if sweep.o.search else
+             " (shared with the other processes of the study)" if sweep.o.study else ""))
     print(f"  {'baseline':<14} original file, no surgery" if physical else
           f"  {'baseline':<14} the unchanged model")
     print(f"  {'identity':<14} {identity_config(source.n_layers).spec}")
