@@ -331,6 +331,24 @@ def duplicate(i: int, j: int, n_layers: int, times: int = 1) -> list[int]:
     return list(range(j)) + list(range(i, j)) * times + list(range(j, n_layers))
 
 
+def compose(blocks: Sequence[tuple[int, int, int]], n_layers: int) -> list[int]:
+    """Several RYS blocks in one path: each ``(i, j, times)`` runs layers i..j-1 ``times`` extra
+    times right after layer j-1, as `duplicate` does for one block. Blocks must end at different
+    layers (the order of two repeats after the same layer would be ambiguous)."""
+    ends = [j for _, j, _ in blocks]
+    if len(set(ends)) != len(ends):
+        raise LayerPathError(f"blocks {list(blocks)} end at the same layer; compose needs "
+                             f"different ends")
+    after: dict[int, list[int]] = {}
+    for i, j, times in blocks:
+        after[j - 1] = duplicate(i, j, n_layers, times)[j: j + (j - i) * times]
+    out: list[int] = []
+    for k in range(n_layers):
+        out.append(k)
+        out += after.get(k, [])
+    return out
+
+
 def ablate(layers: int | Sequence[int], n_layers: int) -> list[int]:
     """The model without the given layers."""
     skip = {layers} if isinstance(layers, int) else set(layers)

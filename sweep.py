@@ -25,6 +25,7 @@ import dataclasses
 import datetime as _dt
 import errno
 import fcntl
+import itertools
 import logging
 import math
 import os
@@ -467,6 +468,7 @@ class RunOptions:
     refine_times: int | None = None
     shard: tuple[int, int] | None = None  # (k, n): run the k-th of n parts of the plan (1-based)
     correction: str = "holm"  # across the --confirm K held-out rescores (sweep_record.CORRECTIONS)
+    compose: bool = False  # after the held-out check: the blocks that hold, composed in pairs
     search: S.SearchSettings | None = None  # the adaptive (or random) search over the plan's blocks
     study: str | None = None  # Optuna storage URL of the search (None: a file beside the results)
     study_name: str | None = None
@@ -672,6 +674,7 @@ class Sweep:
         self.full: dict[str, tuple[Config, SweepRecord]] = {}  # key -> full dev runs
         self.halving_stats: dict | None = None
         self.confirm_rows: list[dict] | None = None
+        self.compose_rows: list[dict] | None = None
         self.heldout_checks: list[R.HeldOut] = []
         self.baseline: Outcome | None = None
         self.identity: Outcome | None = None
@@ -1081,6 +1084,8 @@ class Sweep:
                 self._run_shared_confirm()
             else:
                 self._run_confirm()
+            if self.o.compose:
+                self._run_compose()
 
     def _note_identity(self) -> None:
         assert self.identity is not None
@@ -1379,6 +1384,48 @@ class Sweep:
                                 confirm_of=rec.key) for cfg, rec in top])
         self._confirm_rows(top, [out.record for out in outs])
 
+    def _run_compose(self) -> None:
+        """The last stage (--compose): every pair of blocks that held on the held-out items,
+        composed into one path (each block repeated after its own last layer), measured on the
+        search items, then checked on the held-out items (corrected across the pairs), so a
+        multi-block path is only claimed when it holds there too."""
+        assert self.confirm_rows is not None
+        by_key = {rec.key: cfg for cfg, rec in self.full.values()}
+        held = [by_key[r["key"]] for r in self.confirm_rows
+                if r["holds"] and r["key"] in by_key and by_key[r["key"]].block is not None]
+        pairs = []
+        for a, b in itertools.combinations(held, 2):
+            ba, bb = a.block, b.block
+            assert ba is not None and bb is not None
+            if ba.j == bb.j:
+                continue
+            blocks = [(int(x.i), int(x.j), int(x.times or 1)) for x in (ba, bb)]  # type: ignore[arg-type]
+            pairs.append(Config(tuple(layer_path.compose(blocks, self.src.n_layers)),
+                                Kind.CUSTOM, label=f"{a.config_label}+{b.config_label}"))
+        pairs, refused = filter_refused(pairs, self.engine)
+        for c, why in refused:
+            log.info("compose: skipping %s: %s", c.config_label, why)
+        if not pairs:
+            self.say(f"compose: {len(held)} block(s) hold on the held-out items; no pair to "
+                     f"compose")
+            self.compose_rows = []
+            return
+        self.say(f"compose: {len(pairs)} pair(s) of the {len(held)} blocks that hold")
+        self._grow(2 * len(pairs))
+        dev, test = self.settings(), self.settings(split="test")
+        outs = self.ensure([Job(c, dev) for c in pairs])
+        for c, out in zip(pairs, outs):
+            self._note_full(c, out)
+        confirms = self.ensure([Job(confirm_config(c), test, stage=Stage.CONFIRM,
+                                    confirm_of=out.record.key) for c, out in zip(pairs, outs)])
+        checks = R.heldout([(self.combined_delta(o.record), self.combined_delta(k.record))
+                            for o, k in zip(outs, confirms)], self.noise().get(R.COMBINED),
+                           self.o.correction)
+        self.compose_rows = [
+            {"config": c.config_label, "path": c.spec, "added_layers": len(c.path) - self.src.n_layers,
+             "dev": R.to_json(h.dev), "test": R.to_json(h.test), "p_adjusted": h.p_adjusted,
+             "holds": h.holds} for c, h in zip(pairs, checks)]
+
     def _confirm_rows(self, top: Sequence[tuple[Config, SweepRecord]],
                       confirms: Sequence[SweepRecord | None]) -> None:
         """The held-out check of the top K (sweep_record.heldout) as the summary's rows."""
@@ -1485,6 +1532,7 @@ class Sweep:
                 "verdict": R.heldout_verdict([r["config"] for r in self.confirm_rows],
                                              self.heldout_checks, self.o.correction)},
             "search": self.search_summary(),
+            "compose": self.compose_rows,
             "engine": self.engine.name,
             "workers": [{"name": w.name, "configs": w.configs, "errors": w.errors,
                          "stopped": w.stopped} for w in self.workers],
@@ -1536,6 +1584,16 @@ class Sweep:
                            f"{'n/a' if pa is None else f'{pa:.3g}'}  {verdict}")
             if h["verdict"]:
                 out.append(str(h["verdict"]))
+        if self.compose_rows:
+            out.append("composed pairs of the blocks that hold (held-out check corrected across "
+                       "the pairs):")
+            for row in self.compose_rows:
+                pa = row["p_adjusted"]
+                out.append(f"  {row['config']:<24} {row['path']:<28} dev "
+                           f"{R.fmt_delta(_delta_obj(row['dev']))}  test "
+                           f"{R.fmt_delta(_delta_obj(row['test']))}  adjusted p "
+                           f"{'n/a' if pa is None else f'{pa:.3g}'}  "
+                           f"{'holds' if row['holds'] else 'does not hold'}")
         c = summary["counts"]
         t = summary["timings_per_config"]
         out.append(f"{c['ran']} configs run ({c['ok']} ok, {c['error']} errors), {c['resumed']} "  # type: ignore[index]
@@ -1746,6 +1804,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--confirm", type=int, default=None, metavar="K",
                    help="rescore the top K and the baseline on the held-out test split (default "
                    "0; 5 with --search)")
+    o.add_argument("--compose", action="store_true",
+                   help="after the held-out check, compose every pair of blocks that hold into "
+                   "one path (dup(a,b)+dup(c,d)), measure the pairs and check them on held-out "
+                   "items too (off by default: the fronts seen so far held single blocks only)")
     o.add_argument("--correction", choices=sorted(R.CORRECTIONS), default="holm",
                    help="multiple-comparison correction across the K held-out rescores: holm "
                    "(family-wise, default) or bh (Benjamini-Hochberg, false discovery rate)")
@@ -1993,6 +2055,9 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         raise _usage("--confirm/--refine must be >= 0")
     if args.halving is not None and args.halving < 2:
         raise _usage(f"--halving ETA must be >= 2, got {args.halving}")
+    if args.compose and not args.confirm:
+        raise _usage("--compose composes the blocks that hold on held-out items: it needs "
+                     "--confirm K (or --search, which defaults to 5)")
     if args.confirm and args.split == "test":
         raise _usage("--confirm rescores on the test split, so the sweep itself must use --split dev")
     if args.load_timeout <= 0 or args.item_timeout <= 0:
@@ -2080,7 +2145,7 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         quiet=args.quiet, force=args.force, retry_errors=args.retry_errors, confirm=args.confirm,
         halving=args.halving, halving_min_items=args.halving_min_items, refine=args.refine,
         refine_rounds=args.refine_rounds, shard=shard, correction=args.correction,
-        search=search, study=args.study, study_name=args.study_name,
+        search=search, study=args.study, study_name=args.study_name, compose=args.compose,
         heartbeat=args.heartbeat, store_patience=args.store_timeout,
     )
     sweep = Sweep(opts, source, suite, engines)  # type: ignore[arg-type]

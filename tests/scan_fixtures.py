@@ -22,9 +22,11 @@ def effect_peak(best: tuple[int, int], peak: float, slope: float) -> Callable[[i
 
 
 def make_scan(path: Path, effect: Callable[[int, int], float], noise: float = 0.15,
-              seed: int = 1, max_block: int = 6, identity_noise: float = 0.01) -> replay.Scan:
+              seed: int = 1, max_block: int = 6, identity_noise: float = 0.01,
+              extra: dict[str, float] | None = None) -> replay.Scan:
     """Every block of 1..max_block layers of an 18-layer model; item score = baseline item score
-    + effect(i, j) + gaussian noise, clipped to [0, 1]."""
+    + effect(i, j) + gaussian noise, clipped to [0, 1]; ``extra``: more paths (canonical specs)
+    with their own effect, recorded as custom configs."""
     rng = random.Random(seed)
     probes = {n: P.get_probe(n) for n in PROBES}
     items = {split: {n: [it.id for it in p.split_items(split)] for n, p in probes.items()}
@@ -43,6 +45,8 @@ def make_scan(path: Path, effect: Callable[[int, int], float], noise: float = 0.
         assert c.block is not None
         configs[c.spec] = replay.ScanConfig(
             "grid", c.block, around(effect(c.block.i, c.block.j), noise))  # type: ignore[arg-type]
+    for spec, eff in (extra or {}).items():
+        configs[spec] = replay.ScanConfig("custom", None, around(eff, noise))
     model = R.ModelInfo(file="constructed-18.gguf", size=18 << 20, arch="gemma3",
                         n_layers=N_LAYERS, fingerprint="c0ffee" * 2)
     scan = replay.Scan(model, {"mode": "logprob", "engine": "virtual", "server": "constructed",

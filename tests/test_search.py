@@ -421,3 +421,28 @@ def test_a_significantly_worse_top_config_is_not_called_noise():
     v = R.verdict("dup(4,7)", Delta(-0.263, 0.067), 0.01)
     assert "significantly worse" in v and "within noise" not in v
     assert "within noise" in R.verdict("dup(4,7)", Delta(-0.005, 0.01), 0.01)
+
+
+def test_compose_measures_pairs_of_blocks_that_hold(tmp_path):
+    """--compose: the blocks that hold on held-out items are composed in pairs; a pair is measured
+    and checked on held-out items too (here the scan makes every pair near the peak better)."""
+    from rys import layer_path as L
+
+    near = [(i, j) for i in range(1, 6) for j in range(i + 1, min(i + 7, 19))
+            if abs(i - 3) + abs(j - 6) <= 2]
+    extra = {L.format(L.compose([(a, b, 1), (c, d, 1)], 18)): 0.4
+             for (a, b) in near for (c, d) in near if b < d}
+    scan = tmp_path / "c.scan.json.gz"
+    make_scan(scan, effect_peak((3, 6), 0.25, 0.05), noise=0.08, extra=extra)
+    recs, summary = run(scan, tmp_path / "r.jsonl", "--search", "adaptive", *GRID6,
+                        "--budget", "0.5", "--study", "memory", "--compose")
+    held = [r for r in summary["confirm"] if r["holds"]]
+    assert len(held) >= 2
+    rows = summary["compose"]
+    assert rows and all("+" in r["config"] for r in rows)
+    assert all(r["path"] in extra for r in rows)  # composed as layer_path.compose does
+    assert any(r["holds"] for r in rows)
+    # and without --confirm there is nothing to compose: one line, exit 2
+    r = subprocess.run([sys.executable, "-m", "rys.sweep", "--replay", str(scan), "--compose"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "--confirm" in r.stderr
