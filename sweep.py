@@ -1688,8 +1688,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stride", type=int, default=1, help="step between block starts (default 1)")
     g.add_argument("--start-min", type=int, default=0, help="first block start (default 0)")
     g.add_argument("--start-max", type=int, help="last block start (default: last that fits)")
-    g.add_argument("--times", type=int, default=1,
-                   help="extra passes of each block: layers i..j-1 run TIMES+1 times (default 1)")
+    g.add_argument("--times", type=int, nargs="+", default=[1], metavar="TIMES",
+                   help="extra passes of each block: layers i..j-1 run TIMES+1 times (default 1); "
+                   "several values plan every block with each (a search then also searches the "
+                   "repeat count)")
     g.add_argument("--grid", action="store_true", help="every block (i, j) (see --min-block ...)")
     g.add_argument("--min-block", type=int, default=1, help="grid: smallest block (default 1)")
     g.add_argument("--max-block", type=int, help="grid: largest block (default: no limit)")
@@ -1834,18 +1836,20 @@ def build_plan(args: argparse.Namespace, n_layers: int, demo: bool = False) -> l
     explicit = bool(args.block_sizes or args.grid or args.ablate or args.paths_file)
     if getattr(args, "search", None) and not explicit:
         args.grid = explicit = True  # a search's default space: every block (grid options)
-    if args.block_sizes or not explicit:
-        if explicit or not demo:
-            sizes = args.block_sizes or list(DEFAULT_BLOCK_SIZES)
-            plan += plan_blocks(n_layers, sizes, args.stride, args.start_min, args.start_max,
-                                args.times)
-        else:
-            d = DEMO_PLAN
-            plan += plan_blocks(n_layers, d["block_sizes"], d["stride"], d["start_min"],
-                                min(d["start_max"], n_layers - 1), args.times)
-    if args.grid:
-        plan += plan_grid(n_layers, args.min_block, args.skip_early, args.skip_late, args.times,
-                          args.max_block)
+    times_values = args.times if isinstance(args.times, list) else [args.times]
+    for times in times_values:
+        if args.block_sizes or not explicit:
+            if explicit or not demo:
+                sizes = args.block_sizes or list(DEFAULT_BLOCK_SIZES)
+                plan += plan_blocks(n_layers, sizes, args.stride, args.start_min, args.start_max,
+                                    times)
+            else:
+                d = DEMO_PLAN
+                plan += plan_blocks(n_layers, d["block_sizes"], d["stride"], d["start_min"],
+                                    min(d["start_max"], n_layers - 1), times)
+        if args.grid:
+            plan += plan_grid(n_layers, args.min_block, args.skip_early, args.skip_late, times,
+                              args.max_block)
     if args.ablate:
         plan += plan_ablate(n_layers)
     if args.paths_file:

@@ -446,3 +446,15 @@ def test_compose_measures_pairs_of_blocks_that_hold(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rys.sweep", "--replay", str(scan), "--compose"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "--confirm" in r.stderr
+
+
+def test_the_space_can_hold_repeat_counts():
+    """--times 1 2: every block once and twice more; the search proposes the count too."""
+    from rys import plans
+
+    plan = plans.plan_blocks(12, [2], times=1) + plans.plan_blocks(12, [2], times=2)
+    space = S.Space.from_plan(plan)
+    assert space.times == (1, 2) and len(space) == 22
+    c = space.nearest(4, 2, 2, set())
+    assert (c.block.i, c.block.j, c.block.times) == (4, 6, 2)
+    assert c.config_label == "dup(4,6)x3"
