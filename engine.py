@@ -128,6 +128,10 @@ class Served:
     surgery_s: float = 0.0
     load_s: float = 0.0
 
+    # A server is probed over HTTP (probes.run_jobs on url); an engine without one (a replay)
+    # answers probe jobs itself: ``answers(jobs, **run_jobs options) -> {probe: ProbeResult}``.
+    answers: Callable[..., dict] | None = None
+
     def check_alive(self, grace: float = 0.0) -> None:
         """Raise llama_server.ServerExited if the server died (e.g. during probes)."""
         self.server.check_alive(grace)
@@ -182,6 +186,10 @@ class Engine(abc.ABC):
     def space_needed(self, path: Sequence[int] | None) -> int:
         """Bytes of tmp space serving ``path`` writes (0 when nothing is written)."""
         return 0
+
+    def version(self) -> str:
+        """What serves the paths, for records (the server's ``--version``)."""
+        return LS.server_version(self.settings.binary)
 
     @abc.abstractmethod
     def serve(self, path: Sequence[int] | None, log_path: str | os.PathLike) -> Serving:

@@ -18,6 +18,8 @@ runs of tensors that stay adjacent, so an identity rewrite is one kernel-side co
 Safety: the source is never overwritten, output goes to ``.NAME.partial-PID`` in the target
 directory and is renamed into place only when complete, free space is checked first (tmpfs
 fills silently), and on any error or Ctrl-C no partial file is left.
+
+Commands: ``rys-path`` (`path_main`) and ``rys-surgery`` (`main`). Manual: docs/layer-paths.md.
 """
 
 from __future__ import annotations

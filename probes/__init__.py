@@ -1,7 +1,8 @@
 """Probes: small scored tests sent to a llama-server to measure a (re-layered) model.
 
 A probe is data plus a named scorer; built-in probes are files in probes/data/ loaded by the same
-code as a user's custom probe file. See README.md, section Probes.
+code as a user's custom probe file. Manual (probe file schema, scorers, request modes, built-in
+items): docs/probes.md.
 """
 
 from .client import AnswerLogprob, LlamaClient, RequestError

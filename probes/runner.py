@@ -1,6 +1,6 @@
 """Run probes against a llama-server: build prompts, send items concurrently, score, aggregate.
 
-Request modes (README.md, section Probes):
+Request modes (docs/probes.md, "Request modes"):
   generate  greedy decoding; chat models via /v1/chat/completions (the GGUF's chat template),
             base models via /completion with the probe's few-shot prompt.
   logprob   one forward pass per query (/completion, n_predict 1, n_probs K); the score is read

@@ -5,7 +5,7 @@ Pure functions, no I/O. A probe names its scorer; the registry maps the name to 
 Each scorer has a `version` that goes into the probe content hash, so changing a formula here
 changes every affected probe's hash and old results never mix with new ones.
 
-Formulas (documented with worked examples in README.md, "Scorers and formulas"):
+Formulas (documented with worked examples in docs/probes.md, "Scorers and formulas"):
   math        partial credit = digits * length (see `math_partial`), plus exact_match
   eq          per emotion penalty p(d) = d^2/4 for d <= 4, 4 + 2(d-4) beyond (max 16 at d = 10);
               score = 1 - sum(p) / (16 * n_emotions)
