@@ -54,7 +54,7 @@ from rys import llama_server as LS
 from rys import probes as P
 from rys import sweep_record as R
 from rys import visualize as V
-from rys.sweep import DEMO_SERVER_ARGS
+from rys.sweep import DEMO_SERVER_ARGS, run_jobs
 from rys.sweep_record import Delta
 
 log = logging.getLogger("rys.neuro")
@@ -642,10 +642,6 @@ def choose_binary(explicit: str | None) -> str:
     return str(patched) if patched else LS.find_llama_server()
 
 
-def _fail(what: str, exc: BaseException) -> cli.Failure:
-    return cli.Failure(f"{what}: {exc}")
-
-
 SERVE_ERRORS = (LS.ServerError, E.EngineError, P.RequestError)
 
 
@@ -690,8 +686,7 @@ def lens_rows(client: P.LlamaClient, jobs: Mapping[str, P.ProbeJob], chat: bool,
                 tokens = client.tokenize(text)
                 if not tokens:
                     raise P.RequestError(f"{name}/{item.id}: the answer {text!r} has no tokens")
-                tok = int(tokens[0]["id"] if isinstance(tokens[0], dict) else tokens[0])
-                out.append((LensRow(name, item.id, q.label, text, tok), prompt))
+                out.append((LensRow(name, item.id, q.label, text, int(tokens[0])), prompt))
     return out
 
 
@@ -1270,8 +1265,8 @@ def view_probe(target: Target, args: argparse.Namespace, depths: list[int],
 
 def _run_suite(target: Target, served: E.Served, jobs: Mapping[str, P.ProbeJob]
                ) -> dict[str, P.ProbeResult]:
-    res = P.run_jobs(served.url, jobs, chat=target.chat, no_think=target.no_think,
-                     timeout=target.timeout)
+    res = run_jobs(served, jobs, chat=target.chat, no_think=target.no_think,
+                   timeout=target.timeout)
     failed = [n for n, r in res.items() if r.n == 0]
     if failed:
         first = next((it.error for n in failed for it in res[n].items if it.error), "?")
@@ -1737,7 +1732,7 @@ def _main(argv: Sequence[str]) -> int:
         else:
             doc, extra = view_repeat(target, args, repeat_paths)
     except SERVE_ERRORS as exc:
-        raise _fail(f"{args.view} failed", exc) from None
+        raise cli.Failure(f"{args.view} failed: {exc}") from None
     target.out.mkdir(exist_ok=True)
     written = write_view(target.out, doc, extra)
     for line in summary_lines(doc):

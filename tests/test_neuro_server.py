@@ -30,6 +30,7 @@ from rys import probes as P
 pytestmark = pytest.mark.server
 
 SAME_KERNELS = ["--no-repack", "-t", "2"]
+SWA_FULL = "--swa-full"  # Gemma 3: the probes' few-shot prefix stays cached between requests
 SENTIMENT = Path(__file__).resolve().parent / "data" / "neuro" / "sentiment.jsonl"
 CTX = 4096
 
@@ -50,10 +51,12 @@ def test_the_lens_at_full_depth_is_the_unmodified_models_distribution(
     server on the file with no layer path: the answer's log-probability, rank and the top token
     agree, requests in the same order on one slot each."""
     target = _target(patched_server_bin, demo_model, tmp_path)
+    target.server_args.append(SWA_FULL)
     jobs = N.logprob_jobs("reasoning:6,math:3,eq:1", "dev")
     with target.engine(tmp_path) as eng:
         rows = N.run_lens(target, eng, jobs, [9, 17], 40, 1, tmp_path, quiet=True)
-    srv = server_factory(demo_model, parallel=1, ctx_size=CTX, extra_args=SAME_KERNELS)
+    srv = server_factory(demo_model, parallel=1, ctx_size=CTX,
+                         extra_args=[*SAME_KERNELS, SWA_FULL])
     client = P.LlamaClient(srv.url, timeout=600)
     dists = [client.next_token_probs(prompt, 40) for name, job in jobs.items()
              for item in job.items for _, prompt in P.logprob_prompts(client, job.probe, item)]
@@ -110,12 +113,12 @@ def test_influence_comes_from_two_depths_and_one_depth_twice_gives_zero(
 
 def test_a_probe_finds_a_planted_property_and_its_shuffled_control_does_not(
         patched_server_bin, demo_model, tmp_path):
-    r = _neuro("probe", str(demo_model), "--data", str(SENTIMENT), "--depths", "0,4,8,12,17",
+    r = _neuro("probe", str(demo_model), "--data", str(SENTIMENT), "--depths", "0,8,17",
                "-o", "out", "--llama-server", patched_server_bin,
                "--server-args", " ".join(SAME_KERNELS), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "out" / "probe.json").read_text())
-    assert doc["chance"] == 0.5 and [x["layer"] for x in doc["layers"]] == [0, 4, 8, 12, 17]
+    assert doc["chance"] == 0.5 and [x["layer"] for x in doc["layers"]] == [0, 8, 17]
     assert any(x["beats_chance"] for x in doc["layers"]), doc["layers"]
     assert not any(x["control_beats_chance"] for x in doc["layers"]), doc["layers"]
     assert doc["best_layer"] is not None and "best layer" in r.stdout
@@ -124,7 +127,8 @@ def test_a_probe_finds_a_planted_property_and_its_shuffled_control_does_not(
 
 def test_lens_command_writes_json_png_and_html(patched_server_bin, demo_model, tmp_path):
     r = _neuro("lens", str(demo_model), "--probes", "reasoning:2", "--depths", "12,17",
-               "-o", "out", "--llama-server", patched_server_bin, cwd=tmp_path)
+               "-o", "out", "--llama-server", patched_server_bin, "--server-args", SWA_FULL,
+               cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == set(N.view_files("lens"))
@@ -141,7 +145,8 @@ def test_lens_command_writes_json_png_and_html(patched_server_bin, demo_model, t
 def test_pair_interaction_is_joint_minus_singles_measured_on_one_server(
         patched_server_bin, demo_model, tmp_path):
     r = _neuro("pairs", str(demo_model), "--layers", "3,9", "--probes", "reasoning:4",
-               "-o", "out", "--llama-server", patched_server_bin, cwd=tmp_path)
+               "-o", "out", "--llama-server", patched_server_bin, "--server-args", SWA_FULL,
+               cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "out" / "pairs.json").read_text())
     assert doc["layers"] == [3, 9] and sorted(doc["singles"]) == ["3", "9"]
@@ -155,7 +160,7 @@ def test_pair_interaction_is_joint_minus_singles_measured_on_one_server(
 def test_prompt_repetition_next_to_a_duplicated_block(patched_server_bin, demo_model, tmp_path):
     r = _neuro("repeat", str(demo_model), "--probes", "reasoning:3", "--repeats", "1,2",
                "--paths", "0..7,4..17", "-o", "out", "--llama-server", patched_server_bin,
-               cwd=tmp_path)
+               "--server-args", SWA_FULL, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "out" / "repeat.json").read_text())
     labels = [c["label"] for c in doc["conditions"]]
