@@ -1202,11 +1202,9 @@ class Sweep:
                 busy = queue.busy_elsewhere(phase)
                 if not busy:
                     return
-                if not waited:
-                    self.say(f"waiting: {busy} config(s) are being measured by other processes "
-                             f"(one that dies is handed over after {self.o.heartbeat * ST.GRACE_FACTOR} s)")
-                    waited = True
-                time.sleep(min(5.0, self.o.heartbeat))
+                waited = self._pause(waited, f"waiting: {busy} config(s) are being measured by "
+                                             f"other processes (one that dies is handed over "
+                                             f"after {self.o.heartbeat * ST.GRACE_FACTOR} s)")
                 continue
             waited = False
             jobs = [job_of(w) for w in works]
@@ -1220,6 +1218,13 @@ class Sweep:
                 items = self.store.items_for(rec.key) or {}
                 cd = self.combined_delta(rec) if rec.ok else None
                 queue.done(w, rec, items, None if cd is None else cd.delta)
+
+    def _pause(self, said: bool, message: str) -> bool:
+        """One period of waiting for other processes, saying why once per wait."""
+        if not said:
+            self.say(message)
+        time.sleep(min(5.0, self.o.heartbeat))
+        return True
 
     def _adopt_shared(self) -> None:
         """Every process's full records join this one's leaderboard, with the largest noise
@@ -1248,11 +1253,8 @@ class Sweep:
             left = queue.unfinished(but=ST.CONFIRM)
             if not left:
                 break
-            if not said:
-                self.say(f"waiting for {left} config(s) of other processes before the held-out "
-                         f"check")
-                said = True
-            time.sleep(min(5.0, self.o.heartbeat))
+            said = self._pause(said, f"waiting for {left} config(s) of other processes before "
+                                     f"the held-out check")
         self._adopt_shared()
         top = self.ranked()[: self.o.confirm]
         queue.enqueue([cfg.spec for cfg, _ in top], ST.CONFIRM)

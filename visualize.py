@@ -1207,17 +1207,23 @@ def search_figure(sweep: Sweep):
         xs, ys = zip(*steps)
         ax.step(xs, ys, where="post", color="#d95f02", linewidth=1.6, zorder=4,
                 label="best full config so far")
+    _delta_axes(ax, sweep, "item-evaluations spent", "combined Δ on the search items",
+                f"{sweep.label}: {v.strategy} search, {len(v.cells)} configs, "
+                f"{v.spent} item-evaluations")
+    return fig
+
+
+def _delta_axes(ax: Any, sweep: Sweep, xlabel: str, ylabel: str, title: str) -> None:
+    """The frame of a combined-delta plot: the noise band around 0, labels, legend, title."""
     floor = sweep.floor(COMBINED)
     if floor is not None:
         ax.axhspan(-floor, floor, color="0.92", zorder=0, label="noise floor")
     ax.axhline(0, color="0.5", linewidth=0.7, zorder=1)
-    ax.set_xlabel("item-evaluations spent", fontsize=9)
-    ax.set_ylabel("combined Δ on the search items", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=7, loc="best")
-    ax.set_title(f"{sweep.label}: {v.strategy} search, {len(v.cells)} configs, "
-                 f"{v.spent} item-evaluations", fontsize=10)
-    return fig
+    ax.set_title(title, fontsize=10)
 
 
 def front_figure(sweep: Sweep):
@@ -1237,17 +1243,10 @@ def front_figure(sweep: Sweep):
         for r in front:
             ax.annotate(r["label"], (r["added_layers"], r["test_delta"]),
                         textcoords="offset points", xytext=(5, 5), fontsize=7)
-    floor = sweep.floor(COMBINED)
-    if floor is not None:
-        ax.axhspan(-floor, floor, color="0.92", zorder=0, label="noise floor")
-    ax.axhline(0, color="0.5", linewidth=0.7, zorder=1)
-    ax.set_xlabel("added layers", fontsize=9)
-    ax.set_ylabel("combined Δ on held-out items", fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.legend(fontsize=7, loc="best")
     ax.margins(0.2)
-    ax.set_title(f"{sweep.label}: gain against size, {len(rows)} configs checked on held-out "
-                 f"items", fontsize=10)
+    _delta_axes(ax, sweep, "added layers", "combined Δ on held-out items",
+                f"{sweep.label}: gain against size, {len(rows)} configs checked on held-out "
+                f"items")
     return fig
 
 

@@ -235,6 +235,15 @@ def section_plan(n_layers: int) -> list[plans.Config]:
     return plans.plan_blocks(n_layers, [3], stride=3, start_min=2, start_max=11)
 
 
+def print_rates(rates: dict[int, list[float]], one: str, many: str) -> None:
+    """Configs per hour of the 1 and 2 runs, and their median ratio (pairs measured in turn)."""
+    for n in (1, 2):
+        name = one if n == 1 else many
+        print(f"   {n} {name:<{len(many)}}: " + ", ".join(f"{r:6.0f}" for r in rates[n]))
+    ratio = [b / a for a, b in zip(rates[1], rates[2])]
+    print(f"   2 {many} / 1 {one}: median {statistics.median(ratio):.2f}x")
+
+
 def section_workers(src, model: Path, binary: str, args, ctx: int, work: Path,
                     extra: list[str]) -> None:
     """Configs per hour of the same plan with 1 worker (all threads) and 2 workers (half the
@@ -254,10 +263,7 @@ def section_workers(src, model: Path, binary: str, args, ctx: int, work: Path,
     print(f"\n5. configs per hour, {len(plan)} configs + baseline + identity, probes "
           f"{args.sweep_probes}; 1 worker with -t {threads} vs 2 workers with -t "
           f"{max(1, threads // 2)} each:")
-    for w in (1, 2):
-        print(f"   {w} worker{'s' if w > 1 else ' '}: " + ", ".join(f"{r:6.0f}" for r in rates[w]))
-    ratio = [b / a for a, b in zip(rates[1], rates[2])]
-    print(f"   2 workers / 1 worker: median {statistics.median(ratio):.2f}x")
+    print_rates(rates, "worker", "workers")
 
 
 def section_shared(src, model: Path, binary: str, args, work: Path, extra: list[str]) -> None:
@@ -296,10 +302,7 @@ def section_shared(src, model: Path, binary: str, args, work: Path, extra: list[
           f"{args.sweep_probes}; configs per hour, 1 process with -t {threads} vs 2 processes "
           f"with -t {max(1, threads // 2)} each (each process measures its own baseline and "
           f"identity):")
-    for n in (1, 2):
-        print(f"   {n} process{'es' if n > 1 else '  '}: " + ", ".join(f"{r:6.0f}" for r in rates[n]))
-    ratio = [b / a for a, b in zip(rates[1], rates[2])]
-    print(f"   2 processes / 1 process: median {statistics.median(ratio):.2f}x")
+    print_rates(rates, "process", "processes")
 
 
 class PeakRss:
