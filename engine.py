@@ -334,8 +334,12 @@ class VirtualEngine(Engine):
         self.live_path: list[int] | None = None
         self.identity = layer_path.identity(source.n_layers)
 
-    # check(): the surgery's rules (Engine.check) hold here too, since the layer kinds are the
-    # same; the server checks the architecture itself and answers 400 with the reason
+    def check(self, path: Sequence[int]) -> None:
+        """The surgery's rules hold here too (the layer kinds are the same; the server checks
+        the architecture itself and answers 400 with the reason), but not the block counts on
+        which llama.cpp switches hyperparameters at load: the server keeps the model type it
+        loaded, so e.g. a truncated path (a logit lens) on Gemma 3 27B is fine."""
+        gguf_surgery.check_path(self.source, list(path), counts=False)
 
     def serve(self, path: Sequence[int] | None, log_path: str | os.PathLike) -> Serving:
         return _VirtualServing(self, self.identity if path is None else list(path), Path(log_path))

@@ -802,7 +802,7 @@ def lens_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     # a few hopeless early layers (log p of -80) would wash out every difference that matters
     vmin = max(float(np.percentile(all_lp, 5)), LENS_FLOOR)
     h = sum(max(1.2, 0.16 * sum(r["probe"] == n for r in rows) + 0.8) for n in names)
-    fig = V._new_figure(max(6.0, 0.35 * len(depths) + 3), min(40.0, h + 0.6))
+    fig = V.new_figure(max(6.0, 0.35 * len(depths) + 3), min(40.0, h + 0.6))
     axes = fig.subplots(len(names), 1, squeeze=False, height_ratios=[
         max(1, sum(r["probe"] == n for r in rows)) for n in names])
     im = None
@@ -830,7 +830,7 @@ def lens_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
         fig.colorbar(im, ax=axes[:, 0].tolist(), label="log p(answer)", shrink=0.8,
                      extend="min" if vmin > float(all_lp.min()) else "neither")
     out = [_img("lens.png", "Logit lens: answer log-probability, depth x item", fig, "lens")]
-    fig2 = V._new_figure(11.0, 0.5 * len(names) + 2.8)
+    fig2 = V.new_figure(11.0, 0.5 * len(names) + 2.8)
     a1, a2 = fig2.subplots(1, 2)
     m = np.array([doc["probes"][n]["mean_logprob"] for n in names], dtype=float)
     im2 = a1.imshow(m, aspect="auto", cmap="viridis", interpolation="nearest", vmax=0.0,
@@ -860,7 +860,7 @@ def influence_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     from matplotlib.ticker import MaxNLocator
 
     depths = doc["depths"]
-    fig = V._new_figure(12.0, 4.8)
+    fig = V.new_figure(12.0, 4.8)
     a1, a2 = fig.subplots(1, 2)
     for name, part in doc["probes"].items():
         xs = [x["layer"] for x in part["influence"]]
@@ -891,7 +891,7 @@ def probe_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     from matplotlib.ticker import MaxNLocator
 
     layers = doc["layers"]
-    fig = V._new_figure(9.0, 4.5)
+    fig = V.new_figure(9.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     xs = [x["layer"] for x in layers]
     ax.plot(xs, [x["accuracy"] for x in layers], marker="o", label="probe (held out)")
@@ -919,7 +919,7 @@ def pairs_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
 
     singles = doc["singles"]
     layers = doc["layers"]
-    fig = V._new_figure(12.0, 4.8)
+    fig = V.new_figure(12.0, 4.8)
     a1, a2 = fig.subplots(1, 2)
     ks = sorted(int(k) for k in singles)
     ds = [singles[str(k)]["combined"]["delta"] or 0.0 for k in ks]
@@ -961,7 +961,7 @@ def predict_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     for b in doc["blocks"]:
         if b["score"] is not None:
             M[b["i"], b["j"]] = b["score"]
-    fig = V._new_figure(7.0, 6.0)
+    fig = V.new_figure(7.0, 6.0)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(M, cmap="viridis", interpolation="nearest", origin="upper")
     for r, b in enumerate(doc["top"], 1):
@@ -980,7 +980,7 @@ def repeat_figures(doc: Mapping[str, Any]) -> list[V.Plot]:
     """Combined and per-probe deltas of each condition against the reference (±2 se)."""
     conds = doc["conditions"]
     names = doc["probe_names"] + [R.COMBINED]
-    fig = V._new_figure(max(7.0, 1.2 * len(conds) + 3), 4.6)
+    fig = V.new_figure(max(7.0, 1.2 * len(conds) + 3), 4.6)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(names)
     for k, name in enumerate(names):
@@ -1084,7 +1084,7 @@ def _view_block(doc: Mapping[str, Any], plots: Sequence[V.Plot]) -> str:
     h.append("</table>")
     h.append('<ul class="find">' + "".join(f"<li>{html.escape(x)}</li>"
                                           for x in summary_lines(doc)) + "</ul>")
-    h.extend(V._html_img(p) for p in plots)
+    h.extend(V.html_img(p) for p in plots)
     return "\n".join(h)
 
 
@@ -1096,7 +1096,7 @@ def html_page(docs: Sequence[Mapping[str, Any]], plots: Sequence[Sequence[V.Plot
     h = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
          '<meta name="viewport" content="width=device-width, initial-scale=1">',
          f"<title>{html.escape(title)}</title>",
-         f"<style>{V._CSS}{_NEURO_CSS}</style></head><body>",
+         f"<style>{V.CSS}{_NEURO_CSS}</style></head><body>",
          f'<h1>{html.escape(title)}</h1><p class="meta">generated {now} by {PROG}</p>']
     for view in VIEWS:
         mine = [(d, p) for d, p in zip(docs, plots) if d["view"] == view]
@@ -1160,16 +1160,16 @@ def write_view(out: Path, doc: dict[str, Any], extra: Mapping[str, str] | None =
     plots = FIGURES[doc["view"]](doc)
     written = []
     for p in plots:
-        V._atomic_write(out / p.name, p.png)
+        V.atomic_write(out / p.name, p.png)
         written.append(out / p.name)
     for name, text in (extra or {}).items():
-        V._atomic_write(out / name, text.encode())
+        V.atomic_write(out / name, text.encode())
         written.append(out / name)
-    V._atomic_write(out / f"{doc['view']}.json",
+    V.atomic_write(out / f"{doc['view']}.json",
                     (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
     written.append(out / f"{doc['view']}.json")
     title = f"rys {doc['view']}: {doc['model']['file']}"
-    V._atomic_write(out / f"{doc['view']}.html", html_page([doc], [plots], title).encode())
+    V.atomic_write(out / f"{doc['view']}.html", html_page([doc], [plots], title).encode())
     written.append(out / f"{doc['view']}.html")
     return written
 
@@ -1749,7 +1749,7 @@ def _report(args: argparse.Namespace) -> int:
     docs = load_docs(args.results)
     plots = [FIGURES[d["view"]](d) for d in docs]
     names = ", ".join(dict.fromkeys(d["model"]["file"] for d in docs))
-    V._atomic_write(out, html_page(docs, plots, f"rys neuro report: {names}").encode())
+    V.atomic_write(out, html_page(docs, plots, f"rys neuro report: {names}").encode())
     print(f"wrote: {out}", file=sys.stderr)
     return cli.EXIT_OK
 

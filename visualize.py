@@ -1025,7 +1025,7 @@ def pareto_configs(sweep: Sweep, probes: Sequence[str]) -> list[Config]:
 # Figures (matplotlib Agg canvas, no pyplot)
 # --------------------------------------------------------------------------------------------
 
-def _new_figure(w_in: float, h_in: float):
+def new_figure(w_in: float, h_in: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(w_in, h_in), dpi=DPI, layout="constrained")
@@ -1091,7 +1091,7 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
 
     cells = _block_configs(sweep, times)
     panels = _panels(sweep, probes)
-    fig = _new_figure(*heatmap_figsize(len(panels)))
+    fig = new_figure(*heatmap_figsize(len(panels)))
     rows, cols = heatmap_grid_shape(len(panels))
     imin = min(c.i for c in cells)  # type: ignore[type-var]
     imax = max(c.i for c in cells)  # type: ignore[type-var]
@@ -1193,7 +1193,7 @@ def search_figure(sweep: Sweep):
     (dots: every item; crosses: stopped early) and the best full config so far (the line)."""
     v = sweep.search
     assert v is not None
-    fig = _new_figure(*PARETO_IN)
+    fig = new_figure(*PARETO_IN)
     ax = fig.add_subplot(1, 1, 1)
     full = [(x, d) for x, d, _, st in v.trace if not st and d is not None]
     stop = [(x, d) for x, d, _, st in v.trace if st and d is not None]
@@ -1232,7 +1232,7 @@ def front_figure(sweep: Sweep):
     rows = [r for r in confirm_rows(sweep) if r["status"] == "ok" and r["test_delta"] is not None
             and r["added_layers"] is not None]
     front = gain_size_front(sweep)
-    fig = _new_figure(*PARETO_IN)
+    fig = new_figure(*PARETO_IN)
     ax = fig.add_subplot(1, 1, 1)
     ax.errorbar([r["added_layers"] for r in rows], [r["test_delta"] for r in rows],
                 yerr=[2 * (r["test_stderr"] or 0) for r in rows], fmt="o", color="0.6",
@@ -1255,7 +1255,7 @@ def ablation_figure(sweep: Sweep, probes: Sequence[str]):
 
     cells = sorted(_ablate_configs(sweep), key=lambda c: c.skip or 0)
     panels = _panels(sweep, probes)
-    fig = _new_figure(*ablation_figsize(len(panels)))
+    fig = new_figure(*ablation_figsize(len(panels)))
     n_layers = sweep.source_n_layers or (max(c.skip for c in cells) + 1)  # type: ignore[type-var]
     errs = [c for c in cells if c.status != "ok"]
     for k, probe in enumerate(panels):
@@ -1305,7 +1305,7 @@ def pareto_figure(sweep: Sweep, x: str, y: str, all_front: Sequence[Config]):
     front over all probes are ringed, and the noise box around the baseline is shaded."""
     from matplotlib.patches import Rectangle
 
-    fig = _new_figure(*PARETO_IN)
+    fig = new_figure(*PARETO_IN)
     ax = fig.add_subplot(1, 1, 1)
     pts = {}
     for c in sweep.ranked_pool + ([sweep.identity] if sweep.identity else []):
@@ -1397,7 +1397,7 @@ def render_plots(sweep: Sweep, probes: Sequence[str], top: int,
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file + rename, so a reader (browser, --watch) never sees half a file.
     The directory was checked (check_output_*); only a plots dir whose parent exists is made."""
     path.parent.mkdir(exist_ok=True)
@@ -1418,7 +1418,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # HTML report
 # --------------------------------------------------------------------------------------------
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1700px;
 padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;margin-top:2em}
@@ -1447,7 +1447,7 @@ _SIG_CLASS = {"+": "pos", "-": "neg", "~": "noise", "?": ""}
 _ROW_CLASS = {"+": "sig-pos", "-": "sig-neg", "~": "sig-noise", "?": ""}
 
 
-def _html_img(p: Plot) -> str:
+def html_img(p: Plot) -> str:
     b64 = base64.b64encode(p.png).decode("ascii")
     return (f"<h3>{html.escape(p.title)}</h3>"
             f'<img alt="{html.escape(p.title)}" src="data:image/png;base64,{b64}">')
@@ -1659,7 +1659,7 @@ def html_report(sweeps: Sequence[Sweep], probes_by: dict[str, list[str]],
     if refresh_s:
         h.append(f'<meta http-equiv="refresh" content="{int(refresh_s)}">')
     h.append(f"<title>rys sweep report: {html.escape(', '.join(s.label for s in sweeps))}</title>")
-    h.append(f"<style>{_CSS}</style></head><body>")
+    h.append(f"<style>{CSS}</style></head><body>")
     h.append(f'<h1>rys sweep report</h1><p class="meta">generated {now} by {PROG}'
              + (" (auto-refreshing while --watch runs)" if refresh_s else "") + "</p>")
     for s in sweeps:
@@ -1669,15 +1669,15 @@ def html_report(sweeps: Sequence[Sweep], probes_by: dict[str, list[str]],
         h.append(_html_best(s))
         h.append(_html_info(s, probes))
         h.append(_html_noise(s, probes))
-        h.extend(_html_img(p) for p in plots if p.kind not in ("pareto", "search", "front"))
+        h.extend(html_img(p) for p in plots if p.kind not in ("pareto", "search", "front"))
         h.append(_html_search(s))
-        h.extend(_html_img(p) for p in plots if p.kind == "search")
+        h.extend(html_img(p) for p in plots if p.kind == "search")
         h.append(_html_leaderboard(s, probes, top, max_rows))
         h.append(_html_confirm(s))
-        h.extend(_html_img(p) for p in plots if p.kind == "front")
+        h.extend(html_img(p) for p in plots if p.kind == "front")
         if len(probes) > 1:
             h.append(_html_pareto(s, probes))
-        h.extend(_html_img(p) for p in plots if p.kind == "pareto")
+        h.extend(html_img(p) for p in plots if p.kind == "pareto")
         h.append(_html_errors(s))
     h.append("</body></html>")
     page = "\n".join(x for x in h if x)
@@ -1876,11 +1876,11 @@ def render(opts: Options, sweeps: list[Sweep], write_plots: bool,
         out_dir = opts.out_dir or default_out_dir(opts.paths[0])
         for plots in plots_by.values():
             for p in plots:
-                _atomic_write(out_dir / p.name, p.png)
+                atomic_write(out_dir / p.name, p.png)
                 written.append(str(out_dir / p.name))
     if opts.html is not None:
         page = html_report(sweeps, probes_by, plots_by, opts.top, refresh_s)
-        _atomic_write(opts.html, page.encode("utf-8"))
+        atomic_write(opts.html, page.encode("utf-8"))
         written.append(str(opts.html))
     if written:
         _say("wrote: " + ", ".join(written), info_stream)
@@ -1942,7 +1942,7 @@ def _export(args: argparse.Namespace, sweeps: list[Sweep]) -> None:
               f"{'?' if d is None else f'{d:+.4f}'}  path {cfg.path}")
         print(cmd)
         if yaml_path is not None and text is not None:
-            _atomic_write(yaml_path, text.encode("utf-8"))
+            atomic_write(yaml_path, text.encode("utf-8"))
             print(f"# wrote mergekit config {yaml_path}")
 
 
