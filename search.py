@@ -298,6 +298,18 @@ def chunk_items(trial: FrozenTrial | optuna.Trial) -> dict[str, list[dict]]:
     return out
 
 
+def spent_in(trials: Iterable[FrozenTrial]) -> int:
+    """Item-evaluations a search spent: distinct (config, probe, item) its trials' chunks hold,
+    failed items included (a retried trial inherits its predecessor's chunks, so they count once)."""
+    seen: set[tuple[str, str, str]] = set()
+    for t in trials:
+        path = t.user_attrs.get(ATTR_PATH)
+        if path is not None:
+            seen.update((path, probe, str(it["id"])) for probe, its in chunk_items(t).items()
+                        for it in its)
+    return len(seen)
+
+
 class Search:
     """The running search: proposes configs (ask), races them (Race), records outcomes (tell).
 
@@ -322,14 +334,7 @@ class Search:
 
     # ------------------------------------------------------------------ state
     def _count_spent(self) -> int:
-        """Item-evaluations spent: distinct (config, item) pairs any trial reported (a retried
-        trial inherits its predecessor's values, so they are not counted twice)."""
-        seen: set[tuple[str, int]] = set()
-        for t in self.link.trials():
-            path = t.user_attrs.get(ATTR_PATH)
-            if path is not None:
-                seen.update((path, int(s)) for s in t.intermediate_values)
-        return len(seen)
+        return spent_in(self.link.trials())
 
     @property
     def spent(self) -> int:

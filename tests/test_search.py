@@ -317,8 +317,7 @@ def _study(db: Path) -> optuna.Study:
 
 
 def _spent(study: optuna.Study) -> int:
-    return len({(t.user_attrs[S.ATTR_PATH], s) for t in study.get_trials()
-                if S.ATTR_PATH in t.user_attrs for s in t.intermediate_values})
+    return S.spent_in(study.get_trials())
 
 
 def test_an_interrupted_race_is_finished_from_its_items(tmp_path):

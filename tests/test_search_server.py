@@ -12,6 +12,7 @@ import time
 import optuna
 import pytest
 
+from rys import search as S
 from rys import study as ST
 from rys import sweep_record as R
 
@@ -43,8 +44,7 @@ def test_adaptive_search_on_the_demo_resumes_after_kill_9(tmp_path, demo_model,
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert caught, "the search never got into a config"
-    spent_before = len({(t.user_attrs.get("path"), s) for t in study.get_trials()
-                        if t.user_attrs.get("path") for s in t.intermediate_values})
+    spent_before = S.spent_in(study.get_trials())
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(R.results_paths(out)["summary"].read_text())
