@@ -9,6 +9,8 @@ so scripts and people can rely on it:
 * output piped into ``head`` ends quietly;
 * options are never abbreviated (argparse's prefix matching would turn layer-scan's habit
   ``--probe math`` into ``--probes math`` silently), and every command has ``--version``.
+
+Manual: docs/install.md, "One protocol for every command".
 """
 
 from __future__ import annotations

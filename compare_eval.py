@@ -1,21 +1,26 @@
 """Run lm-evaluation-harness against a layer-path circuit, and compare lm-eval results.
 
-``rys-eval run MODEL --path SPEC --baseline --tasks gsm8k`` builds the rewritten GGUF (gguf_surgery),
-serves it with llama-server (llama_server), and runs lm-eval in a subprocess against the server's
-OpenAI-compatible API: ``local-completions`` for base models, ``local-chat-completions`` with the
-model's own template for chat models. A subprocess keeps lm-eval's heavy imports, its logging and
-its global state out of our process; its output goes to a log file next to the results.
+``rys-eval run MODEL --path SPEC --baseline --tasks gsm8k`` serves the path through the engine (a
+rewritten GGUF on a fresh llama-server, or a ``--rys-patches`` server switching its layer path in
+place) and runs lm-eval in a subprocess against the server's OpenAI-compatible API:
+``local-completions`` for base models, ``local-chat-completions`` with the model's own template for
+chat models. A subprocess keeps lm-eval's heavy imports, its logging and its global state out of
+our process; its output goes to a log file next to the results.
 
-llama-server returns no prompt log-probabilities, so log-likelihood tasks (``multiple_choice``,
-``loglikelihood``, ``loglikelihood_rolling``) cannot be scored: they are refused up front, before
-anything is built or started, with generative alternatives named. Output types are read from the
-task YAMLs through lm-eval's own task index (no data download).
+Log-likelihood tasks (``multiple_choice``, ``loglikelihood``, ``loglikelihood_rolling``) need the
+log-probability of every prompt token, which only a ``--rys-patches`` llama-server returns (``echo``
+with ``logprobs``; a stock one ignores ``echo`` and lm-eval would score at chance without an error).
+So the server is asked once, before anything is built or started: without prompt logprobs those
+tasks are refused with generative alternatives named; with them they run through rys's lm-eval
+model ``rys-llama-server`` (``local-completions`` with the server's own tokenizer). Output types are
+read from the task YAMLs through lm-eval's own task index (no data download).
 
 ``rys-eval compare DIR_A DIR_B`` merges every lm-eval results file under each directory (newest file
 wins per task, and says so), and prints task / metric / filter rows with each run's value, the delta
 last-first, and a flag where the delta exceeds 2 combined standard errors.
 
 The loading, merging and diffing functions are pure (dicts in, dataclasses out) for tests.
+Manual: docs/rys-eval.md.
 """
 
 from __future__ import annotations

@@ -129,6 +129,10 @@ class Served:
     surgery_s: float = 0.0
     load_s: float = 0.0
 
+    # A server is probed over HTTP (probes.run_jobs on url); an engine without one (a replay)
+    # answers probe jobs itself: ``answers(jobs, **run_jobs options) -> {probe: ProbeResult}``.
+    answers: Callable[..., dict] | None = None
+
     def check_alive(self, grace: float = 0.0) -> None:
         """Raise llama_server.ServerExited if the server died (e.g. during probes)."""
         self.server.check_alive(grace)
@@ -183,6 +187,10 @@ class Engine(abc.ABC):
     def space_needed(self, path: Sequence[int] | None) -> int:
         """Bytes of tmp space serving ``path`` writes (0 when nothing is written)."""
         return 0
+
+    def version(self) -> str:
+        """What serves the paths, for records (the server's ``--version``)."""
+        return LS.server_version(self.settings.binary)
 
     @abc.abstractmethod
     def serve(self, path: Sequence[int] | None, log_path: str | os.PathLike) -> Serving:
@@ -333,8 +341,12 @@ class VirtualEngine(Engine):
         self.live_path: list[int] | None = None
         self.identity = layer_path.identity(source.n_layers)
 
-    # check(): the surgery's rules (Engine.check) hold here too, since the layer kinds are the
-    # same; the server checks the architecture itself and answers 400 with the reason
+    def check(self, path: Sequence[int]) -> None:
+        """The surgery's rules hold here too (the layer kinds are the same; the server checks
+        the architecture itself and answers 400 with the reason), but not the block counts on
+        which llama.cpp switches hyperparameters at load: the server keeps the model type it
+        loaded, so e.g. a truncated path (a logit lens) on Gemma 3 27B is fine."""
+        gguf_surgery.check_path(self.source, list(path), counts=False)
 
     def serve(self, path: Sequence[int] | None, log_path: str | os.PathLike) -> Serving:
         return _VirtualServing(self, self.identity if path is None else list(path), Path(log_path))

@@ -18,6 +18,8 @@ runs of tensors that stay adjacent, so an identity rewrite is one kernel-side co
 Safety: the source is never overwritten, output goes to ``.NAME.partial-PID`` in the target
 directory and is renamed into place only when complete, free space is checked first (tmpfs
 fills silently), and on any error or Ctrl-C no partial file is left.
+
+Commands: ``rys-path`` (`path_main`) and ``rys-surgery`` (`main`). Manual: docs/layer-paths.md.
 """
 
 from __future__ import annotations
@@ -755,15 +757,17 @@ def _fail(src: SourceModel, constraint: str, detail: str) -> SurgeryError:
     return SurgeryError(f"{src.arch}: path breaks {constraint}: {detail}")
 
 
-def check_path(src: SourceModel, path: Sequence[int]) -> list[int]:
+def check_path(src: SourceModel, path: Sequence[int], counts: bool = True) -> list[int]:
     """Validate `path` for this model: ranges, and every index-derived constraint that cannot
-    be written per layer. Raises LayerPathError / SurgeryError; returns the path as a list."""
+    be written per layer. ``counts=False`` skips the block counts on which llama.cpp switches
+    hyperparameters at load: a server that runs a path in place keeps the model type it loaded
+    (the virtual engine). Raises LayerPathError / SurgeryError; returns the path as a list."""
     p = layer_path.validate(path, src.n_layers)
-    _metadata_changes(src, p)
+    _metadata_changes(src, p, counts)
     return p
 
 
-def _metadata_changes(src: SourceModel, p: list[int]) -> _Changes:
+def _metadata_changes(src: SourceModel, p: list[int], counts: bool = True) -> _Changes:
     arch = src.arch
     n = src.n_layers
     ident = p == list(range(n))
@@ -792,7 +796,7 @@ def _metadata_changes(src: SourceModel, p: list[int]) -> _Changes:
     # -- block counts that switch llama.cpp hyperparameters
     n_nextn = src.n_nextn
     n_main, new_main = n - n_nextn, len(p) - n_nextn
-    for special in sorted(rules.count_sensitive):
+    for special in sorted(rules.count_sensitive) if counts else ():
         if (n_main == special) != (new_main == special):
             raise _fail(src, f"the block count {special}",
                         f"llama.cpp switches {arch} hyperparameters on exactly {special} layers; "

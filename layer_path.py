@@ -19,7 +19,7 @@ lexicographically), so it doubles as the canonical form used in file names and r
 gives a filesystem-safe version of it.
 
 This module depends on nothing else of rys: the ``rys-path`` command that writes a GGUF following a
-path lives with the writer, in gguf_surgery.
+path lives with the writer, in gguf_surgery. Manual: docs/layer-paths.md.
 """
 
 from __future__ import annotations
@@ -329,6 +329,24 @@ def duplicate(i: int, j: int, n_layers: int, times: int = 1) -> list[int]:
     if times < 0:
         raise LayerPathError(f"times must be >= 0, got {times}")
     return list(range(j)) + list(range(i, j)) * times + list(range(j, n_layers))
+
+
+def compose(blocks: Sequence[tuple[int, int, int]], n_layers: int) -> list[int]:
+    """Several RYS blocks in one path: each ``(i, j, times)`` runs layers i..j-1 ``times`` extra
+    times right after layer j-1, as `duplicate` does for one block. Blocks must end at different
+    layers (the order of two repeats after the same layer would be ambiguous)."""
+    ends = [j for _, j, _ in blocks]
+    if len(set(ends)) != len(ends):
+        raise LayerPathError(f"blocks {list(blocks)} end at the same layer; compose needs "
+                             f"different ends")
+    after: dict[int, list[int]] = {}
+    for i, j, times in blocks:
+        after[j - 1] = duplicate(i, j, n_layers, times)[j: j + (j - i) * times]
+    out: list[int] = []
+    for k in range(n_layers):
+        out.append(k)
+        out += after.get(k, [])
+    return out
 
 
 def ablate(layers: int | Sequence[int], n_layers: int) -> list[int]:

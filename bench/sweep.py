@@ -23,12 +23,16 @@ and compared pair by pair, since the load on a shared machine drifts:
 6. the same plan served by the physical engine (rewrite + fresh server) and the virtual one (a
    --rys-patches server switching its path): seconds per config, non-probe seconds per config
    against the switch itself, tmpfs bytes written, and the servers' peak RSS.
+7. configs per hour of one plan shared through ``--study`` (an SQLite store on this box) by 1
+   rys-sweep process against 2 processes (half the threads each), alternating: what a second
+   process buys on the same box, each process measuring its own baseline and identity.
 
 Targets: non-probe time per config <= 1.5x the bare start; concurrent throughput >= 1.6x
 sequential; the reference harness needed 222 s per config.
 
     .venv/bin/python bench/sweep.py [--model PATH] [--parallel 4] [--reps 3]
         [--throughput-reps 2] [--probes SUITE] [--gen-probes SUITE] [--sweep-probes SUITE]
+        [--sections 1,2,3,4,5,6,7]
 """
 
 from __future__ import annotations
@@ -231,6 +235,15 @@ def section_plan(n_layers: int) -> list[plans.Config]:
     return plans.plan_blocks(n_layers, [3], stride=3, start_min=2, start_max=11)
 
 
+def print_rates(rates: dict[int, list[float]], one: str, many: str) -> None:
+    """Configs per hour of the 1 and 2 runs, and their median ratio (pairs measured in turn)."""
+    for n in (1, 2):
+        name = one if n == 1 else many
+        print(f"   {n} {name:<{len(many)}}: " + ", ".join(f"{r:6.0f}" for r in rates[n]))
+    ratio = [b / a for a, b in zip(rates[1], rates[2])]
+    print(f"   2 {many} / 1 {one}: median {statistics.median(ratio):.2f}x")
+
+
 def section_workers(src, model: Path, binary: str, args, ctx: int, work: Path,
                     extra: list[str]) -> None:
     """Configs per hour of the same plan with 1 worker (all threads) and 2 workers (half the
@@ -250,10 +263,46 @@ def section_workers(src, model: Path, binary: str, args, ctx: int, work: Path,
     print(f"\n5. configs per hour, {len(plan)} configs + baseline + identity, probes "
           f"{args.sweep_probes}; 1 worker with -t {threads} vs 2 workers with -t "
           f"{max(1, threads // 2)} each:")
-    for w in (1, 2):
-        print(f"   {w} worker{'s' if w > 1 else ' '}: " + ", ".join(f"{r:6.0f}" for r in rates[w]))
-    ratio = [b / a for a, b in zip(rates[1], rates[2])]
-    print(f"   2 workers / 1 worker: median {statistics.median(ratio):.2f}x")
+    print_rates(rates, "worker", "workers")
+
+
+def section_shared(src, model: Path, binary: str, args, work: Path, extra: list[str]) -> None:
+    """Configs per hour of one plan shared through a study (an SQLite store on this box) by 1
+    rys-sweep process with every thread, and by 2 processes with half the threads each,
+    alternating; each process also measures its own baseline and identity (the price of
+    sharing), the rate counts the plan's configs over the wall time until the last one ends."""
+    threads = os.cpu_count() or 2
+    plan = plans.plan_blocks(src.n_layers, [2, 3], stride=3, start_min=1, start_max=13)
+    spec = " ".join(f"{c.spec}" for c in plan)
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for rep in range(max(1, args.reps)):
+        for procs in ((1, 2) if rep % 2 == 0 else (2, 1)):
+            d = work / f"shared-{procs}-{rep}"
+            d.mkdir()
+            (d / "plan.txt").write_text(spec.replace(" ", "\n") + "\n")
+            t = ["-t", str(max(1, threads // procs))]
+            cmd = [sys.executable, "-m", "rys.sweep", str(model), "--llama-server", binary,
+                   "--study", f"sqlite:///{d / 'study.db'}", "--paths-file", str(d / "plan.txt"),
+                   "--probes", args.sweep_probes, "--parallel", str(args.parallel), "--quiet",
+                   "--server-args", shlex.join([*extra, *t])]
+            t0 = time.monotonic()
+            ps = [subprocess.Popen([*cmd, "-o", str(d / f"box{k}.jsonl")], cwd=d,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                  for k in range(procs)]
+            for pr in ps:
+                _, err = pr.communicate()
+                if pr.returncode != 0:
+                    raise SystemExit(f"section 7: rys-sweep exited {pr.returncode}: {err[-500:]}")
+            wall = time.monotonic() - t0
+            done = sum(1 for k in range(procs) for r in R.read_records(d / f"box{k}.jsonl").records
+                       if r.kind == R.Kind.CUSTOM and r.ok)
+            assert done == len(plan), f"section 7: {done} of {len(plan)} configs recorded"
+            rates[procs].append(done / wall * 3600)
+    print(f"\n7. one plan shared through --study (SQLite on this box), {len(plan)} configs, probes "
+          f"{args.sweep_probes}; configs per hour, 1 process with -t {threads} vs 2 processes "
+          f"with -t {max(1, threads // 2)} each (each process measures its own baseline and "
+          f"identity):")
+    print_rates(rates, "process", "processes")
 
 
 class PeakRss:
@@ -353,10 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-args", default="--swa-full",
                     help="extra llama-server arguments for every server (default: --swa-full, "
                     "as the demo sweep uses; '' for none)")
-    ap.add_argument("--sections", default="1,2,3,4,5,6",
-                    help="which parts to run (default 1,2,3,4,5,6: overhead, time split, "
+    ap.add_argument("--sections", default="1,2,3,4,5,6,7",
+                    help="which parts to run (default 1,2,3,4,5,6,7: overhead, time split, "
                     "throughput on --probes, throughput on --gen-probes, 1 vs 2 workers, "
-                    "physical vs virtual engine)")
+                    "physical vs virtual engine, 1 vs 2 processes sharing a study)")
     ap.add_argument("--patched-server", metavar="PATH",
                     help="the --rys-patches llama-server for section 6 (default: the build "
                     "script's cached build)")
@@ -364,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sections = {int(x) for x in args.sections.split(",") if x.strip()}
     except ValueError:
-        ap.error(f"--sections: comma-separated numbers 1-6, got {args.sections!r}")
-    if not sections or not sections <= {1, 2, 3, 4, 5, 6}:
-        ap.error(f"--sections: comma-separated numbers 1-6, got {args.sections!r}")
+        ap.error(f"--sections: comma-separated numbers 1-7, got {args.sections!r}")
+    if not sections or not sections <= {1, 2, 3, 4, 5, 6, 7}:
+        ap.error(f"--sections: comma-separated numbers 1-7, got {args.sections!r}")
     extra = shlex.split(args.server_args)
     model = Path(args.model) if args.model else LS.demo_model_path()
     binary = LS.find_llama_server()
@@ -387,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             section_workers(src, model, binary, args, ctx, Path(d), extra)
         if 6 in sections:
             section_engines(src, model, args, ctx, Path(d), extra)
+        if 7 in sections:
+            section_shared(src, model, binary, args, Path(d), extra)
     for label, spec in (("3", args.probes), ("4", args.gen_probes)):
         if int(label) in sections and spec:
             section_throughput(label, spec, model, binary, args, ctx, extra)

@@ -1,10 +1,11 @@
 """Probes: small scored tests sent to a llama-server to measure a (re-layered) model.
 
 A probe is data plus a named scorer; built-in probes are files in probes/data/ loaded by the same
-code as a user's custom probe file. See README.md, section Probes.
+code as a user's custom probe file. Manual (probe file schema, scorers, request modes, built-in
+items): docs/probes.md.
 """
 
-from .client import RequestError
+from .client import AnswerLogprob, LlamaClient, RequestError
 from .loader import (
     Item,
     Probe,
@@ -31,6 +32,9 @@ from .runner import (
     chat_messages,
     completion_prompt,
     has_chat_template,
+    logprob_base,
+    logprob_prompts,
+    answer_text,
     paired_delta,
     run_probe,
     run_suite,
@@ -38,6 +42,8 @@ from .runner import (
 from .scorers import SCORERS
 
 __all__ = [
+    "AnswerLogprob",
+    "LlamaClient",
     "Item",
     "ItemResult",
     "Probe",
@@ -56,6 +62,9 @@ __all__ = [
     "default_suite",
     "get_probe",
     "has_chat_template",
+    "logprob_base",
+    "logprob_prompts",
+    "answer_text",
     "item_costs",
     "list_probes",
     "load_probe",

@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-__all__ = ["RequestError", "Reply", "LlamaClient", "SEED"]
+__all__ = ["RequestError", "Reply", "AnswerLogprob", "LlamaClient", "SEED"]
 
 SEED = 1234  # fixed sampling seed sent with every request (decoding is greedy anyway)
 
@@ -34,6 +34,16 @@ class Reply:
     tokens: int = 0
     finish: str = "stop"
     raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class AnswerLogprob:
+    """The log-probability of one given next token (exact, whatever its rank) and the top-K
+    next tokens as ``(id, text, logprob)``, most likely first."""
+
+    logprob: float
+    top: list[tuple[int, str, float]]
+    text: str = ""  # the given token's text
 
 
 def _probs_from_entry(entry: dict) -> dict[str, float]:
@@ -87,6 +97,13 @@ class LlamaClient:
 
     def _request(self, method: str, path: str, body: dict | None = None,
                  timeout: float | None = None) -> dict:
+        data = self._request_json(method, path, body, timeout)
+        if not isinstance(data, dict):
+            raise RequestError(f"{method} {path}: reply is not a JSON object")
+        return data
+
+    def _request_json(self, method: str, path: str, body: dict | None = None,
+                      timeout: float | None = None) -> Any:
         url = self.base_url + path
         t = self.timeout if timeout is None else timeout
         try:
@@ -102,12 +119,9 @@ class LlamaClient:
             msg = r.text.strip().replace("\n", " ")[:200]
             raise RequestError(f"HTTP {r.status_code} from {method} {path}: {msg}")
         try:
-            data = r.json()
+            return r.json()
         except ValueError:
             raise RequestError(f"{method} {path}: reply is not JSON") from None
-        if not isinstance(data, dict):
-            raise RequestError(f"{method} {path}: reply is not a JSON object")
-        return data
 
     # -- server info ------------------------------------------------------------------------
 
@@ -213,3 +227,49 @@ class LlamaClient:
         if not isinstance(probs, list) or not probs:
             raise RequestError("/completion: no completion_probabilities in reply")
         return _probs_from_entry(probs[0])
+
+    def answer_logprob(self, prompt: str, token: int, n_probs: int) -> AnswerLogprob:
+        """The log-probability of next token ``token`` after ``prompt`` and the top ``n_probs``
+        next tokens, from one forward pass.
+
+        The token is made the one generated (``logit_bias``); llama-server reports the
+        generated token's probability from the raw logits over the whole vocabulary (like
+        ``n_probs``, ``post_sampling_probs`` off), so it is exact even far below the top-K, and
+        the bias never touches the distribution reported."""
+        body = {
+            "prompt": prompt,
+            "n_predict": 1,
+            "n_probs": n_probs,
+            "temperature": 0.0,
+            "seed": SEED,
+            "cache_prompt": True,
+            "logit_bias": [[token, 1e4]],
+        }
+        data = self._request("POST", "/completion", self._pinned(body))
+        probs = data.get("completion_probabilities")
+        try:
+            entry = probs[0]  # type: ignore[index]
+            got, logprob, text = int(entry["id"]), float(entry["logprob"]), str(entry["token"])
+            top = [(int(t["id"]), str(t["token"]), float(t["logprob"]))
+                   for t in entry["top_logprobs"]]
+        except (TypeError, IndexError, KeyError, ValueError):
+            raise RequestError("/completion: no completion_probabilities with logprobs in reply "
+                               "(post_sampling_probs on?)") from None
+        if got != token:
+            raise RequestError(f"/completion generated token {got}, not the forced {token}")
+        return AnswerLogprob(logprob, top, text)
+
+    def embeddings(self, texts: list[str]) -> list[list[list[float]]]:
+        """The hidden states llama-server returns for each text (``/embedding``, not normalised):
+        one row per text with pooling (``--pooling last`` ...), one row per token without
+        (``--pooling none``). Needs a server started with ``--embeddings``."""
+        data = self._request_json("POST", "/embedding", {"content": list(texts),
+                                                         "embd_normalize": -1})
+        try:
+            rows = sorted(data, key=lambda d: d.get("index", 0))
+            out = [[[float(x) for x in row] for row in d["embedding"]] for d in rows]
+        except (TypeError, KeyError, AttributeError, ValueError):
+            raise RequestError("/embedding: no embeddings in reply") from None
+        if len(out) != len(texts):
+            raise RequestError(f"/embedding: {len(out)} embeddings for {len(texts)} texts")
+        return out

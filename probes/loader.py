@@ -2,7 +2,7 @@
 
 A probe file is JSON (one object with "items") or JSONL (first line the header, each further
 line one item). Built-in probes are files in probes/data/ loaded by exactly this code, like a
-user's custom file. Schema: README.md, section Probes.
+user's custom file. Schema: docs/probes.md, "Probe file schema".
 """
 
 from __future__ import annotations
@@ -472,7 +472,8 @@ class SuiteEntry:
         return s + (f"@{self.split}" if self.split != "dev" else "")
 
 
-# Measured on the demo model (Gemma 3 270M base, 2 CPU cores, 4 slots); see README.md, section Probes.
+# Measured on the demo model (Gemma 3 270M base, 2 CPU cores, 4 slots); see docs/probes.md, "Suites and
+# the default suite".
 DEFAULT_SUITE_SPEC = "math:12,reasoning:16,eq:8,instruction:8"
 
 
@@ -520,5 +521,5 @@ def parse_suite(spec: str) -> list[SuiteEntry]:
 
 def default_suite() -> list[SuiteEntry]:
     """The default sweep suite: small enough for well under a minute per config on the demo
-    model on 2 CPU cores (see README.md, section Probes for the measurement)."""
+    model on 2 CPU cores (see docs/probes.md, "Suites and the default suite", for the measurement)."""
     return parse_suite(DEFAULT_SUITE_SPEC)

@@ -1,6 +1,6 @@
 """Run probes against a llama-server: build prompts, send items concurrently, score, aggregate.
 
-Request modes (README.md, section Probes):
+Request modes (docs/probes.md, "Request modes"):
   generate  greedy decoding; chat models via /v1/chat/completions (the GGUF's chat template),
             base models via /completion with the probe's few-shot prompt.
   logprob   one forward pass per query (/completion, n_predict 1, n_probs K); the score is read
@@ -45,6 +45,9 @@ __all__ = [
     "chat_messages",
     "resolve_mode",
     "has_chat_template",
+    "logprob_prompts",
+    "logprob_base",
+    "answer_text",
     "RESPONSE_CHARS",
 ]
 
@@ -277,6 +280,32 @@ def _logprob_prompt(client: LlamaClient, probe: Probe, item: Item, q: LogprobQue
     return p
 
 
+def logprob_prompts(client: LlamaClient, probe: Probe, item: Item, chat: bool = False,
+                    no_think: bool = False) -> list[tuple[LogprobQuery, str]]:
+    """Each logprob query of an item with the prompt logprob mode sends for it (the next token
+    is the answer): the one place these prompts are built, for the runner and for rys-neuro's
+    logit lens. Raises RequestError (the chat template and the space check ask the server)."""
+    base = logprob_base(client, probe, item, chat, no_think)
+    return [(q, _logprob_prompt(client, probe, item, q, base))
+            for q in get_scorer(probe.scorer).logprob_queries(item)]
+
+
+def logprob_base(client: LlamaClient, probe: Probe, item: Item, chat: bool = False,
+                 no_think: bool = False) -> str:
+    """The prompt of an item up to its answer prefix (``...Answer:``; chat models: the chat
+    template applied, then the prefix): what every logprob query of the item extends."""
+    if chat:
+        return client.apply_template(chat_messages(probe, item), _template_kwargs(no_think)) \
+            + probe.settings.answer_prefix
+    return completion_prompt(probe, item)
+
+
+def answer_text(client: LlamaClient, query: LogprobQuery, answer: str) -> str:
+    """The reference answer as the next token after a logprob prompt: with its leading space
+    when the prompt ends at "Answer:" (the space joins the answer token), bare otherwise."""
+    return (" " if client.space_joins(_KIND_SAMPLE[query.kind]) else "") + answer
+
+
 def _expand_ten(client: LlamaClient, prompt: str, dist: dict[str, float],
                 n_probs: int) -> tuple[dict[str, float], int]:
     """Split the mass of a "1" token into ratings 1 and 10 on digit-splitting tokenizers.
@@ -315,13 +344,7 @@ def _run_logprob(client: LlamaClient, probe: Probe, item: Item, chat: bool,
     dists = []
     n_requests = len(queries)
     try:
-        if chat:
-            base = client.apply_template(chat_messages(probe, item), _template_kwargs(no_think))
-            base += probe.settings.answer_prefix
-        else:
-            base = completion_prompt(probe, item)
-        for q in queries:
-            prompt = _logprob_prompt(client, probe, item, q, base)
+        for q, prompt in logprob_prompts(client, probe, item, chat, no_think):
             dist = client.next_token_probs(prompt, probe.settings.n_probs)
             if q.expand_ten:
                 dist, extra = _expand_ten(client, prompt, dist, probe.settings.n_probs)

@@ -5,7 +5,7 @@ Pure functions, no I/O. A probe names its scorer; the registry maps the name to 
 Each scorer has a `version` that goes into the probe content hash, so changing a formula here
 changes every affected probe's hash and old results never mix with new ones.
 
-Formulas (documented with worked examples in README.md, "Scorers and formulas"):
+Formulas (documented with worked examples in docs/probes.md, "Scorers and formulas"):
   math        partial credit = digits * length (see `math_partial`), plus exact_match
   eq          per emotion penalty p(d) = d^2/4 for d <= 4, 4 + 2(d-4) beyond (max 16 at d = 10);
               score = 1 - sum(p) / (16 * n_emotions)
@@ -353,6 +353,11 @@ class Scorer:
     def score_logprobs(self, item: "Item", dists: list[dict[str, float]]) -> Scored:
         raise NotImplementedError
 
+    def logprob_answer(self, item: "Item", query: LogprobQuery) -> str:
+        """The reference answer to one logprob query, as the model would write it (``B``,
+        ``yes``, ``77061``, the rating ``7``): what rys-neuro's logit lens follows."""
+        raise NotImplementedError
+
 
 def _answer(item: "Item") -> Any:
     if "answer" not in item.reference:
@@ -428,6 +433,12 @@ class ChoiceScorer(Scorer):
             return _choice_from_mass(candidate_mass(dists[0], "yesno"), a.strip().lower())
         return _first_digit_score(dists, a)
 
+    def logprob_answer(self, item: "Item", query: LogprobQuery) -> str:
+        kind, a = self._kind(item), _answer(item)
+        if kind == "integer":
+            return str(a)
+        return a.strip().lower() if kind == "yesno" else a.strip()
+
 
 class MathScorer(Scorer):
     """Numeric answer with digit-aligned partial credit (`math_partial`)."""
@@ -454,6 +465,9 @@ class MathScorer(Scorer):
         s = _first_digit_score(dists, _answer(item))
         s.metrics = {"first_digit_accuracy": s.metrics["accuracy"], "ref_mass": s.metrics["ref_mass"]}
         return s
+
+    def logprob_answer(self, item: "Item", query: LogprobQuery) -> str:
+        return str(_answer(item))
 
 
 def eq_emotions(item: "Item") -> list[str]:
@@ -518,6 +532,9 @@ class EqScorer(Scorer):
         extracted = [None if e is None else round(e, 3) for e in expected]
         return Scored(eq_score(expected, ref), extracted, metrics,
                       coverage=sum(coverages) / len(coverages))
+
+    def logprob_answer(self, item: "Item", query: LogprobQuery) -> str:
+        return str(round(float(item.reference[query.label])))
 
 
 class InstructionScorer(Scorer):

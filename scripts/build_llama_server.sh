@@ -154,8 +154,16 @@ if [ "$dry" = 1 ]; then
   echo "$binary"
   exit 0
 fi
+# Every build this script makes (or finds) is listed in $cache/builds.jsonl, one JSON line each:
+# rys finds its own patched build there (llama_server.own_builds) without being told.
+register() {
+  case "$binary" in *'"'*|*'\'*) return 0 ;; esac  # not representable without escaping: skip
+  printf '{"binary": "%s", "backend": "%s", "tag": "%s", "patches": "%s"}\n' \
+    "$binary" "$backend" "$tag" "${patch_tag#-rys-}" >> "$cache/builds.jsonl" 2>/dev/null || true
+}
 if [ -x "$binary" ] && [ "$force" = 0 ]; then
   echo "cached build found (use --force to rebuild)" >&2
+  register
   echo "$binary"
   exit 0
 fi
@@ -207,4 +215,5 @@ echo "building llama-server with $jobs jobs ..." >&2
 "${cmake_build[@]}" >&2
 [ -x "$binary" ] || die "build finished but $binary is missing"
 "$binary" --version >&2 || true
+register
 echo "$binary"

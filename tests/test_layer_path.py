@@ -306,3 +306,13 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     assert message in err
     assert len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_compose_puts_each_blocks_repeat_after_its_last_layer():
+    from rys import layer_path as LP
+
+    assert LP.compose([(3, 6, 1)], 18) == LP.duplicate(3, 6, 18)
+    assert LP.compose([(10, 12, 1), (3, 6, 2)], 18) == (
+        list(range(6)) + [3, 4, 5] * 2 + list(range(6, 12)) + [10, 11] + list(range(12, 18)))
+    with pytest.raises(LP.LayerPathError, match="same layer"):
+        LP.compose([(3, 6, 1), (4, 6, 1)], 18)

@@ -1,7 +1,7 @@
 """Validation of the built-in probe data files (probes/data/{eq,reasoning,instruction}.json).
 
 Pure JSON checks, no server and no import of the probes package: the files must follow
-README.md ("Probe file schema"), and every reasoning answer that can be recomputed mechanically
+docs/probes.md ("Probe file schema"), and every reasoning answer that can be recomputed mechanically
 (dates, orderings, walks, arithmetic) is recomputed here from the structured fields in `meta`, so a
 typo in a hand-written reference fails the suite instead of silently mis-scoring models.
 """

@@ -1,4 +1,4 @@
-"""Scorers against hand-computed values (worked examples in README.md, "Scorers and formulas")."""
+"""Scorers against hand-computed values (worked examples in docs/probes.md, "Scorers and formulas")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Probes against the real llama-server with the demo model (Gemma 3 270M base, no chat template).
 
 A small slice of the default suite keeps CI fast; the full default suite is measured by
-`rys-probes --run default --url ...` (timings in README.md, "Suites and the default suite"), not asserted here.
+`rys-probes --run default --url ...` (timings in docs/probes.md, "Suites and the default suite"), not asserted here.
 """
 
 from __future__ import annotations

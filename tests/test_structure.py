@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = sorted(p.stem for p in ROOT.glob("*.py") if p.stem != "__init__") + ["probes"]
 COMMANDS = {"rys-sweep": "rys.sweep", "rys-plot": "rys.visualize", "rys-eval": "rys.compare_eval",
             "rys-surgery": "rys.gguf_surgery", "rys-path": "rys.gguf_surgery path",
-            "rys-probes": "rys.probes"}
+            "rys-probes": "rys.probes", "rys-neuro": "rys.neuro"}
 
 
 def _sources(module: str) -> list[Path]:

@@ -720,3 +720,19 @@ def test_copy_uses_few_kernel_copies(tiny, tmp_path, monkeypatch):
     calls.clear()
     S.rewrite(tiny, tmp_path / "d.gguf", L.duplicate(1, 3, 6))
     assert len(calls) == 2
+
+
+def test_a_server_that_keeps_its_model_type_ignores_block_counts(tmp_path):
+    """The virtual engine runs paths in a server that keeps the model type it loaded: a
+    truncated path (a logit lens) on Gemma 3 27B is fine there, not in a rewritten file."""
+    from rys import engine as E
+
+    src = S.SourceModel.open(gemma3(tmp_path, n_layers=62))
+    lens = list(range(20))
+    with pytest.raises(SurgeryError, match="62"):
+        S.check_path(src, lens)
+    assert S.check_path(src, lens, counts=False) == lens
+    settings = E.ServerSettings(binary="/bin/true")
+    E.VirtualEngine(src, settings).check(lens)
+    with pytest.raises(SurgeryError, match="62"):
+        E.PhysicalEngine(src, settings, tmp_path).check(lens)

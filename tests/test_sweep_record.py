@@ -1,6 +1,6 @@
 """sweep_record: the one definition of the results record, its JSONL files, labels, the noise floor
 and significance. Includes the round trip between the sweep's writer and rys-plot's reader (no
-server), README's schema table against the dataclasses, and a results file written before the
+server), the schema table of docs/records.md against the dataclasses, and a results file written before the
 restructuring (tests/data/legacy_sweep/) read, resumed and plotted."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import repo_text
 from rys import plans
 
 from rys import sweep
@@ -158,16 +159,11 @@ def test_sweep_writer_and_plot_reader_agree(tmp_path):
     assert s.model == win.model and settings.key_part() == win.settings.key_part()
 
 
-# --------------------------------------------------------------------------- README's schema
+# --------------------------------------------------------------------------- the schema table
 
 
-def _readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split(title, 1)[1].split("\n## ", 1)[0]
-
-
-def test_readme_schema_table_lists_exactly_the_record_fields():
-    section = _readme_section("## Results JSONL schema")
+def test_docs_schema_table_lists_exactly_the_record_fields():
+    section = repo_text.section(repo_text.DOCS / "records.md", "## The record (`RESULTS.jsonl`)")
     table = section.split("| field | type | meaning |", 1)[1].split("\n\n", 1)[0]
     rows = {m.group(1): line for line in table.splitlines()
             for m in re.finditer(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)? \|", line)}
