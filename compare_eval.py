@@ -670,6 +670,22 @@ LM_EVAL_MODEL = "rys-llama-server"
 LM_EVAL_CHILD = "import sys; from rys import compare_eval; compare_eval.lm_eval_main(sys.argv[1:])"
 ECHO_PROBE = {"prompt": "One, two, three, four", "echo": True, "logprobs": 1, "max_tokens": 0,
               "temperature": 0}
+# A --rys-patches server returns prompt logprobs only when started with this option: at most N
+# prompt tokens get logits per batch, each reserving n_vocab floats of logits (512 x 262k x 4 B =
+# 512 MiB for Gemma 3). 512, llama.cpp's default micro-batch, takes a usual few-shot prompt in one
+# batch; a small N (the series first had 32) makes a partially offloaded model copy its host-side
+# weights to the GPU every N prompt tokens.
+PROMPT_LOGPROBS_FLAG = "--prompt-logprobs"
+PROMPT_LOGPROBS_PER_BATCH = 512
+
+
+def prompt_logprobs_args(binary: str, server_args: Sequence[str] = ()) -> list[str]:
+    """What to add to a server's arguments so that it returns prompt logprobs: the option with
+    PROMPT_LOGPROBS_PER_BATCH when the binary has it and the user's arguments do not set it."""
+    if llama_server._has_flag(server_args, PROMPT_LOGPROBS_FLAG) \
+            or not E.has_option(binary, PROMPT_LOGPROBS_FLAG):
+        return []
+    return [PROMPT_LOGPROBS_FLAG, str(PROMPT_LOGPROBS_PER_BATCH)]
 
 
 def echo_logprobs_answer(url: str, timeout: float = 60.0) -> tuple[bool, str]:
@@ -867,13 +883,14 @@ class RunSettings:
     offline: bool = False
     tmp_dir: str | None = None
     lm_eval_args: list[str] = field(default_factory=list)
-    loglikelihood: bool = False  # some task needs prompt logprobs (the server answered it can)
+    loglikelihood: bool = False  # some task needs prompt logprobs: servers start with them on
     engine: str = E.ENGINE_PHYSICAL
 
     def server_settings(self) -> E.ServerSettings:
-        return E.ServerSettings(binary=self.binary or llama_server.find_llama_server(),
-                                extra_args=list(self.server_args), parallel=self.parallel,
-                                ctx_size=self.ctx_size)
+        binary = self.binary or llama_server.find_llama_server()
+        extra = prompt_logprobs_args(binary, self.server_args) if self.loglikelihood else []
+        return E.ServerSettings(binary=binary, extra_args=[*extra, *self.server_args],
+                                parallel=self.parallel, ctx_size=self.ctx_size)
 
 
 def make_engine(s: RunSettings, source: Any) -> E.Engine:
@@ -1143,11 +1160,12 @@ def prepare_run(args: argparse.Namespace) -> tuple[list[RunPlan], Any, RunSettin
         num_concurrent=args.num_concurrent, chat=chat, offline=args.offline, tmp_dir=args.tmp_dir,
         lm_eval_args=lm_args, engine=engine_name)
     if check.refused:
-        # ask the server (never guess from a version): serve the unmodified model briefly
+        # ask the server (never guess from a version): serve the unmodified model briefly, started
+        # as it will be for the tasks (with prompt logprobs on where the binary has the option)
+        settings.loglikelihood = True
         ok, answer = probe_echo_logprobs(settings, source)
         if not ok:
             raise UsageError(refusal_message(check, index, binary, answer))
-        settings.loglikelihood = True
     return plans, source, settings
 
 

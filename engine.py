@@ -47,6 +47,7 @@ DEFAULT_CTX_PER_SLOT = 4096  # context per slot rys asks for unless told otherwi
 SPACE_MARGIN = 16 << 20  # a rewrite needs its exact size plus a little for the filesystem
 LAYER_PATH_FLAG = "--layer-path"
 SWITCH_ENDPOINT = "/layer-path"
+SWITCH_FLAG = "--layer-path-switch"  # the server's opt-in for SWITCH_ENDPOINT
 
 
 class NoSpace(RuntimeError):
@@ -281,7 +282,13 @@ def _mib(n: int) -> str:
 def supports_layer_paths(binary: str) -> bool:
     """Whether a llama-server binary runs layer paths in place (built with --rys-patches): its
     ``--help`` lists ``--layer-path``. Asked once per binary."""
-    return re.search(re.escape(LAYER_PATH_FLAG) + "[ ,]", _help_text(binary)) is not None
+    return has_option(binary, LAYER_PATH_FLAG)
+
+
+def has_option(binary: str, flag: str) -> bool:
+    """Whether ``binary --help`` lists the option ``flag`` (``--layer-path`` is not
+    ``--layer-path-switch``)."""
+    return re.search(re.escape(flag) + r"(?=[ ,=\n])", _help_text(binary)) is not None
 
 
 @functools.lru_cache(maxsize=None)
@@ -352,7 +359,9 @@ class VirtualEngine(Engine):
         if self.server is not None:
             self._stop(self.server)
         self.stage("loading llama-server")
-        server = self.settings.server(self.source.paths[0], log_path)
+        # the series that gates POST /layer-path behind an option lists it; older builds do not
+        opt_in = [SWITCH_FLAG] if has_option(self.settings.binary, SWITCH_FLAG) else []
+        server = self.settings.server(self.source.paths[0], log_path, opt_in)
         self._live[id(server)] = server
         try:
             server.start()
@@ -424,4 +433,4 @@ def make_engine(name: str, source: gguf_surgery.SourceModel, settings: ServerSet
 
 __all__ = ["Engine", "PhysicalEngine", "VirtualEngine", "ServerSettings", "Served", "Serving",
            "NoSpace", "EngineError", "ENGINES", "ENGINE_PHYSICAL", "ENGINE_VIRTUAL",
-           "resolve_engine", "supports_layer_paths", "make_engine", "worker_settings"]
+           "resolve_engine", "supports_layer_paths", "has_option", "make_engine", "worker_settings"]

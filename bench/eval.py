@@ -25,6 +25,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+from rys import compare_eval as ce
 from rys import llama_server as LS
 
 TASK = ROOT / "tests" / "data" / "lm_eval_tasks" / "rys_capitals" / "rys_obvious.jsonl"
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--rys-patches, or pass --patched-server")
     model = Path(args.model) if args.model else LS.demo_model_path()
     extra = shlex.split(args.server_args)
+    extra = [*ce.prompt_logprobs_args(binary, extra), *extra]  # as rys-eval starts it
     print(f"model {model.name}; {binary}; {LS.server_version(binary)}; server args {extra}")
     rates: dict[int, list[float]] = {1: [], 4: []}
     for rep in range(args.reps):

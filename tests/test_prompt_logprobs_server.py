@@ -61,7 +61,7 @@ def _stock_next(url: str, prefix: list[int]) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def patched(patched_server_bin, demo_model, tmp_path_factory):
     with LS.LlamaServer(demo_model, binary=patched_server_bin, parallel=4, ctx_size=8192,
-                        extra_args=SAME_KERNELS,
+                        extra_args=[*SAME_KERNELS, *ce.prompt_logprobs_args(patched_server_bin)],
                         log_path=tmp_path_factory.mktemp("p") / "s.log") as srv:
         yield srv
 
@@ -123,6 +123,7 @@ def test_a_multiple_choice_task_runs_through_lm_eval_well_above_chance(
     assert code == 0, printed.err[-2000:]
     meta = json.loads((out / "baseline" / ce.RUN_META).read_text())
     assert meta["status"] == "ok"
+    assert ce.PROMPT_LOGPROBS_FLAG in meta["server"]["args"]  # rys-eval turned them on
     assert ce.LM_EVAL_MODEL in meta["lm_eval"]["command"]
     run, _ = ce.load_run(out / "baseline")
     acc = run.tasks["rys_obvious"][("acc", "none")]

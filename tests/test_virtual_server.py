@@ -93,7 +93,8 @@ def test_layer_path_at_load_is_bit_identical_to_the_rewrite(name, physical, patc
 def test_runtime_switches_are_bit_identical_and_back_to_the_identity(physical, patched_server_bin,
                                                                       demo_model, tmp_path):
     # (c) start on another path, switch to each one, then back to the identity
-    with _serve(patched_server_bin, demo_model, tmp_path / "s.log", "--layer-path", "17..0") as srv:
+    with _serve(patched_server_bin, demo_model, tmp_path / "s.log", "--layer-path", "17..0",
+                E.SWITCH_FLAG) as srv:
         for name, spec in PATHS.items():
             r = requests.post(srv.url + "/layer-path", json={"layer_path": spec}, timeout=600)
             assert r.status_code == 200, r.text
