@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(full pass {full} item-evaluations), {sum(len(v) for v in scan.items['test'].values())}"
           f" held-out items; made with: {scan.made_with}")
     print(f"full scan: best on the search items {best} ({R.fmt_delta(bd)}), held-out "
-          f"{R.fmt_delta(facts['test'][best])}; noise floor {facts['floor']}; gain-vs-size front "
+          f"{R.fmt_delta(facts['test'][best])}; noise floor {'none' if facts['floor'] is None else format(facts['floor'], '.4f')}; gain-vs-size front "
           f"{len(facts['front'])} configs: {', '.join(sorted(facts['front']))}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="rys-bench-search-") as tmp:
