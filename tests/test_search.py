@@ -457,3 +457,33 @@ def test_the_space_can_hold_repeat_counts():
     c = space.nearest(4, 2, 2, set())
     assert (c.block.i, c.block.j, c.block.times) == (4, 6, 2)
     assert c.config_label == "dup(4,6)x3"
+
+
+# --------------------------------------------------------------------------- the shipped scan
+
+SHIPPED = Path(__file__).resolve().parent / "data" / "scans" / \
+    "gemma-3-270m-q4_k_m.blocks1-6.scan.json.gz"
+
+
+def test_the_shipped_demo_scan_is_complete_small_and_matches_todays_probes(tmp_path):
+    """The scan bench/search.py and the docs rely on: every block of 1-6 layers of the 18-layer
+    demo, each scored on every dev and test item; a few hundred KiB; and replayable, which means
+    the built-in probes it was recorded with are unchanged (replay refuses changed content)."""
+    assert SHIPPED.stat().st_size < 1 << 20
+    scan = replay.Scan.load(SHIPPED)
+    blocks = {(int(c.block.i), int(c.block.j)) for c in scan.configs.values()
+              if c.block is not None and c.block.is_block and c.kind != "identity"}
+    assert blocks == {(i, i + n) for n in range(1, 7) for i in range(0, 18 - n + 1)}
+    assert {k: sum(len(v) for v in scan.items[k].values()) for k in ("dev", "test")} == \
+        {"dev": 78, "test": 39}
+    args = ["--search", "adaptive", *GRID6, "--budget", "0.05", "--seed", "1"]
+    recs, summary = run(SHIPPED, tmp_path / "a.jsonl", *args)
+    again, _ = run(SHIPPED, tmp_path / "b.jsonl", *args)
+
+    def trace(rs):
+        return [(r.key, r.path, R.to_json(r.combined_delta)) for r in rs]
+
+    assert trace(recs) == trace(again)
+    spent = sum(r.search.items for r in search_records(recs))
+    assert 0 < spent <= math.ceil(0.05 * 93 * 78)
+    assert summary["search"]["spent"] == spent and summary["confirm"]  # held-out rescoring ran
