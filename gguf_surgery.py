@@ -541,6 +541,18 @@ class SourceModel:
 
     # -------------------------------------------------------------------- construction
     @classmethod
+    def open_arg(cls, path: str | os.PathLike[str]) -> SourceModel:
+        """``open`` for a command's MODEL argument: a missing or unreadable file is bad input
+        (cli.UsageError, one line), the same words in every command."""
+        p = Path(path)
+        if not p.is_file():
+            raise cli.UsageError(f"model file not found: {p}")
+        try:
+            return cls.open(p)
+        except (SurgeryError, OSError, ValueError) as exc:
+            raise cli.UsageError(f"cannot read {p} as a GGUF model: {exc}") from None
+
+    @classmethod
     def open(cls, path: str | os.PathLike[str]) -> SourceModel:
         p = Path(path)
         shards = _find_shards(p)

@@ -1591,12 +1591,7 @@ def _target(args: argparse.Namespace) -> Target:
             model = LS.demo_model_path()
         except LS.ServerError as exc:
             raise cli.UsageError(f"no MODEL given and {exc}") from None
-    if not model.is_file():
-        raise cli.UsageError(f"model file not found: {model}")
-    try:
-        source = gguf_surgery.SourceModel.open(model)
-    except (gguf_surgery.SurgeryError, OSError, ValueError) as exc:
-        raise cli.UsageError(f"cannot read {model} as a GGUF model: {exc}") from None
+    source = gguf_surgery.SourceModel.open_arg(model)
     offline = args.view == "predict" and bool(args.influence)  # no server at all
     try:
         binary = "" if offline else choose_binary(args.llama_server)

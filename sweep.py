@@ -2088,12 +2088,7 @@ def prepare(args: argparse.Namespace, passthrough: list[str]) -> Sweep | None:
             model = Path(args.model) if args.model else LS.demo_model_path()
         except LS.ServerError as exc:
             raise _usage(f"no MODEL given and the demo model is unavailable: {exc}") from None
-        if not model.is_file():
-            raise _usage(f"model file not found: {model}")
-        try:
-            source = gguf_surgery.SourceModel.open(model)
-        except (gguf_surgery.SurgeryError, OSError, ValueError) as exc:
-            raise _usage(f"cannot read {model} as a GGUF model: {exc}") from None
+        source = gguf_surgery.SourceModel.open_arg(model)
     try:
         suite = Suite.resolve(args.probes or (",".join(scan.probe_names) if scan else None),
                               args.split, args.limit)

@@ -158,12 +158,7 @@ def _serve_and_run(args) -> dict:
     from rys import llama_server as LS
 
     model = Path(args.model)
-    if not model.is_file():
-        raise cli.UsageError(f"model file not found: {model}")
-    try:
-        source = gguf_surgery.SourceModel.open(model)
-    except (gguf_surgery.SurgeryError, OSError, ValueError) as exc:
-        raise cli.UsageError(f"cannot read {model} as a GGUF model: {exc}") from None
+    source = gguf_surgery.SourceModel.open_arg(model)
     try:
         path = layer_path.parse(args.path, source.n_layers) if args.path else None
         binary = LS.find_llama_server(args.llama_server)

@@ -208,21 +208,19 @@ class LlamaClient:
                      finish="length" if choice.get("finish_reason") == "length" else "stop",
                      raw=data)
 
+    def _one_token(self, prompt: str, n_probs: int, **extra: Any) -> dict:
+        """One greedy token after ``prompt`` with the top ``n_probs`` (one forward pass)."""
+        body = {"prompt": prompt, "n_predict": 1, "n_probs": n_probs, "temperature": 0.0,
+                "seed": SEED, "cache_prompt": True, **extra}
+        return self._request("POST", "/completion", self._pinned(body))
+
     def next_token_probs(self, prompt: str, n_probs: int) -> dict[str, float]:
         """Top-n next-token probabilities after `prompt`: one forward pass, one token generated.
 
         llama-server computes these from the plain softmax of the logits, independent of the
         sampler, so they are the model's own distribution.
         """
-        body = {
-            "prompt": prompt,
-            "n_predict": 1,
-            "n_probs": n_probs,
-            "temperature": 0.0,
-            "seed": SEED,
-            "cache_prompt": True,
-        }
-        data = self._request("POST", "/completion", self._pinned(body))
+        data = self._one_token(prompt, n_probs)
         probs = data.get("completion_probabilities")
         if not isinstance(probs, list) or not probs:
             raise RequestError("/completion: no completion_probabilities in reply")
@@ -236,16 +234,7 @@ class LlamaClient:
         generated token's probability from the raw logits over the whole vocabulary (like
         ``n_probs``, ``post_sampling_probs`` off), so it is exact even far below the top-K, and
         the bias never touches the distribution reported."""
-        body = {
-            "prompt": prompt,
-            "n_predict": 1,
-            "n_probs": n_probs,
-            "temperature": 0.0,
-            "seed": SEED,
-            "cache_prompt": True,
-            "logit_bias": [[token, 1e4]],
-        }
-        data = self._request("POST", "/completion", self._pinned(body))
+        data = self._one_token(prompt, n_probs, logit_bias=[[token, 1e4]])
         probs = data.get("completion_probabilities")
         try:
             entry = probs[0]  # type: ignore[index]
