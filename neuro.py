@@ -1393,16 +1393,24 @@ def view_predict(target: Target, args: argparse.Namespace, jobs: Mapping[str, P.
     return doc, {"predict.paths": paths_file_text(top, scores, n, args.statistic)}
 
 
-def read_influence(path: Path, target: Target) -> dict[str, Any]:
-    """The similarity (and server) of an influence.json of this model over every layer."""
+def read_view(path: Path, name: str, views: Sequence[str]) -> dict[str, Any]:
+    """A view document (``rys.neuro/1``) of one of ``views``; anything else is bad input, one
+    line starting with ``name``."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise cli.UsageError(f"--influence {path}: file not found") from None
+        raise cli.UsageError(f"{name}: file not found") from None
     except (OSError, ValueError) as exc:
-        raise cli.UsageError(f"--influence {path}: cannot read it: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("view") != "influence":
-        raise cli.UsageError(f"--influence {path}: not a {PROG} influence file")
+        raise cli.UsageError(f"{name}: not a {PROG} result ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("view") not in views:
+        kind = f"{views[0]} " if len(views) == 1 else ""
+        raise cli.UsageError(f"{name}: not a {PROG} {kind}result (schema {SCHEMA})")
+    return doc
+
+
+def read_influence(path: Path, target: Target) -> dict[str, Any]:
+    """The similarity (and server) of an influence.json of this model over every layer."""
+    doc = read_view(path, f"--influence {path}", ("influence",))
     if doc["model"].get("fingerprint") != target.source.fingerprint:
         raise cli.UsageError(f"--influence {path}: measured on {doc['model'].get('file')}, not "
                              f"on {Path(target.source.paths[0]).name}")
@@ -1458,16 +1466,7 @@ def load_docs(paths: Sequence[str]) -> list[dict[str, Any]]:
             raise cli.UsageError(f"{p}: no {PROG} results in it (VIEW.json for a view "
                                  f"{', '.join(VIEWS)})")
         for f in files:
-            try:
-                doc = json.loads(f.read_text())
-            except FileNotFoundError:
-                raise cli.UsageError(f"{f}: file not found") from None
-            except (OSError, ValueError) as exc:
-                raise cli.UsageError(f"{f}: not a {PROG} result ({exc})") from None
-            if not isinstance(doc, dict) or doc.get("schema") != SCHEMA \
-                    or doc.get("view") not in VIEWS:
-                raise cli.UsageError(f"{f}: not a {PROG} result (schema {SCHEMA})")
-            out.append(doc)
+            out.append(read_view(f, str(f), VIEWS))
     return out
 
 
