@@ -616,7 +616,9 @@ def serve(datadir: Path, host: str, port: int, password: str | None,
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # PostgreSQL stops with us, whatever stops us
+    # PostgreSQL stops with us, whatever stops us; SIGINT too, which a shell leaves ignored
+    # for a background job (Python then installs no KeyboardInterrupt of its own)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
     try:
         wait_ready(store_url("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,

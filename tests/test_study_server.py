@@ -54,8 +54,13 @@ class Store:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(60)
+            self.proc.send_signal(signal.SIGINT)  # Ctrl-C
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # PostgreSQL dies with it; leave nothing behind, then fail
+                self.proc.wait(30)
+                raise
         self.proc = None
 
     def study(self) -> optuna.Study | None:
@@ -193,3 +198,26 @@ def test_study_urls_are_checked_and_never_shown_with_a_password(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rys.sweep", "--study", "ftp://x", "--dry-run"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--study" in r.stderr
+
+
+def test_the_store_stops_on_ctrl_c_even_as_a_background_job(tmp_path):
+    """A shell starts a background job with SIGINT ignored, and Python then installs no
+    KeyboardInterrupt; `rys-study serve` still stops on SIGINT, PostgreSQL with it."""
+    def background() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rys.study", "serve", str(tmp_path / "store"),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=background)
+    try:
+        assert "--study" in proc.stdout.readline(), proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    with pytest.raises(OSError):  # PostgreSQL is gone too
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
