@@ -291,6 +291,12 @@ def has_option(binary: str, flag: str) -> bool:
     return re.search(re.escape(flag) + r"(?=[ ,=\n])", _help_text(binary)) is not None
 
 
+def switch_args(binary: str) -> list[str]:
+    """The option that turns ``POST /layer-path`` on, where the binary has it (the series gates
+    the endpoint behind it; a build of the earlier series, always on, gets nothing)."""
+    return [SWITCH_FLAG] if has_option(binary, SWITCH_FLAG) else []
+
+
 @functools.lru_cache(maxsize=None)
 def _help_text(binary: str) -> str:
     try:
@@ -359,9 +365,8 @@ class VirtualEngine(Engine):
         if self.server is not None:
             self._stop(self.server)
         self.stage("loading llama-server")
-        # the series that gates POST /layer-path behind an option lists it; older builds do not
-        opt_in = [SWITCH_FLAG] if has_option(self.settings.binary, SWITCH_FLAG) else []
-        server = self.settings.server(self.source.paths[0], log_path, opt_in)
+        server = self.settings.server(self.source.paths[0], log_path,
+                                      switch_args(self.settings.binary))
         self._live[id(server)] = server
         try:
             server.start()
@@ -433,4 +438,5 @@ def make_engine(name: str, source: gguf_surgery.SourceModel, settings: ServerSet
 
 __all__ = ["Engine", "PhysicalEngine", "VirtualEngine", "ServerSettings", "Served", "Serving",
            "NoSpace", "EngineError", "ENGINES", "ENGINE_PHYSICAL", "ENGINE_VIRTUAL",
-           "resolve_engine", "supports_layer_paths", "has_option", "make_engine", "worker_settings"]
+           "resolve_engine", "supports_layer_paths", "has_option", "switch_args", "make_engine",
+           "worker_settings"]

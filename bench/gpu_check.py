@@ -97,9 +97,9 @@ class Check:
     extra: list[str]
 
     def server(self, model: Path, log: str, *more: str) -> LS.LlamaServer:
-        opt_in = [E.SWITCH_FLAG] if E.has_option(self.binary, E.SWITCH_FLAG) else []
         return LS.LlamaServer(model, binary=self.binary, parallel=1, ctx_size=2048,
-                              log_path=self.work / log, extra_args=[*opt_in, *self.extra, *more])
+                              log_path=self.work / log,
+                              extra_args=[*E.switch_args(self.binary), *self.extra, *more])
 
     @contextlib.contextmanager
     def rewritten(self, path: list[int]):

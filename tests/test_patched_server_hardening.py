@@ -46,7 +46,7 @@ MIB = 1 << 20
 
 def _serve(binary: str, model, log: Path, *extra: str, switch: bool = True,
            ctx_size: int | None = 2048) -> LS.LlamaServer:
-    opt_in = [E.SWITCH_FLAG] if switch and E.has_option(binary, E.SWITCH_FLAG) else []
+    opt_in = E.switch_args(binary) if switch else []
     return LS.LlamaServer(model, binary=binary, parallel=1, ctx_size=ctx_size, log_path=log,
                           extra_args=[*SAME_KERNELS, *opt_in, *extra])
 
