@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scan: {args.scan.name}: {len(space)} blocks x {sum(counts.values())} search items "
           f"(full pass {full} item-evaluations), {sum(len(v) for v in scan.items['test'].values())}"
           f" held-out items; made with: {scan.made_with}")
+    floor = "none" if facts["floor"] is None else f"{facts['floor']:.4f}"
     print(f"full scan: best on the search items {best} ({R.fmt_delta(bd)}), held-out "
-          f"{R.fmt_delta(facts['test'][best])}; noise floor {'none' if facts['floor'] is None else format(facts['floor'], '.4f')}; gain-vs-size front "
+          f"{R.fmt_delta(facts['test'][best])}; noise floor {floor}; gain-vs-size front "
           f"{len(facts['front'])} configs: {', '.join(sorted(facts['front']))}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="rys-bench-search-") as tmp:
